@@ -1,0 +1,70 @@
+"""Named model variants as data: `get_model(name, **overrides)` and `list_models()`."""
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+import keras
+
+from axial_keras.models.axial_resnet import AxialResNet
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered variant: the model class and its constructor arguments."""
+
+    builder: Callable[..., keras.Model]
+    kwargs: Mapping[str, Any]
+    description: str
+
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+
+# Full Axial-ResNet: local 15 x 15 windows in the stem blocks and the stride-4 stage
+# ("local constraints in the first few blocks", PAPER.md section 2), global beyond.
+_FULL_AXIAL_SPANS: Tuple = (15, 15, None, None, None)
+
+
+def register(name: str, builder: Callable[..., keras.Model], description: str, **kwargs):
+    """Adds a variant; `get_model(name)` then calls `builder(**kwargs)`."""
+    if name in _REGISTRY:
+        raise ValueError(f"Model {name!r} is already registered.")
+    _REGISTRY[name] = ModelSpec(builder, dict(kwargs), description)
+
+
+def list_models() -> List[str]:
+    """Names of every registered variant, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(list_models())}.")
+    return _REGISTRY[name]
+
+
+def get_model(name: str, **overrides) -> keras.Model:
+    """Builds the variant `name`; keyword arguments override its registered ones.
+
+    Example:
+    >>> model = get_model("axial_resnet_s", num_classes=1000)
+    """
+    spec = get_spec(name)
+    return spec.builder(**{**spec.kwargs, "name": name, **overrides})
+
+
+for _size, _width in (("s", 0.5), ("m", 0.75), ("l", 1.0), ("xl", 2.0)):
+    register(f"axial_resnet_{_size}", AxialResNet,
+             f"Conv-stem Axial-ResNet-{_size.upper()}: global axial attention in every "
+             f"residual stage, width {_width}.",
+             stem="conv", width_multiplier=_width)
+for _size, _width in (("s", 0.5), ("m", 0.75), ("l", 1.0)):
+    register(f"full_axial_resnet_{_size}", AxialResNet,
+             f"Full Axial-ResNet-{_size.upper()}: three axial stem blocks, local span 15 "
+             f"up to stride 4, global beyond; width {_width}.",
+             stem="axial", width_multiplier=_width, spans=_FULL_AXIAL_SPANS)
+
+register("axial_resnet_tiny", AxialResNet,
+         "A tiny conv-stem Axial-ResNet for tests and the digits demo (one block per stage, "
+         "4 heads, stride 16).",
+         stem="conv", width_multiplier=0.25, stem_width_multiplier=0.25,
+         num_blocks=(1, 1, 1, 1), num_heads=4, output_stride=16)
