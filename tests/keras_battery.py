@@ -1,0 +1,120 @@
+"""One battery of Keras-convention checks that every layer and model of the package runs.
+
+`run_layer_battery` / `run_model_battery` check: get_config -> from_config round trip,
+eager and symbolic (dynamic-size) calls, compute_output_shape, `.keras` save/load with
+identical outputs, a `fit` that lowers the loss, and the mixed_float16 / mixed_bfloat16
+policies. They use keras APIs only, so the same tests run under KERAS_BACKEND=jax.
+"""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def _as_numpy(tree):
+    if isinstance(tree, dict):
+        return {k: _as_numpy(v) for k, v in tree.items()}
+    return np.asarray(ops.convert_to_numpy(tree))
+
+
+def _flat(tree):
+    if isinstance(tree, dict):
+        return [tree[k] for k in sorted(tree)]
+    return [tree]
+
+
+def _assert_close(a, b, atol=1e-5):
+    for x, y in zip(_flat(_as_numpy(a)), _flat(_as_numpy(b))):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=1e-5)
+
+
+def _dynamic_input(input_shape):
+    return keras.Input(shape=(None, None, input_shape[-1]))
+
+
+def _fit_lowers_loss(model, x, steps=8):
+    rng = np.random.RandomState(1)
+    outputs = model(x, training=False)
+    targets = [rng.normal(size=np.shape(o)).astype("float32") for o in _flat(_as_numpy(outputs))]
+    y = targets[0] if not isinstance(outputs, dict) else dict(zip(sorted(outputs), targets))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    losses = [float(np.sum(model.train_on_batch(x, y))) for _ in range(steps)]
+    assert np.all(np.isfinite(losses)), losses
+    assert losses[-1] < losses[0], f"fit did not lower the loss: {losses}"
+
+
+def _check_policies(build, x):
+    for policy in ("mixed_float16", "mixed_bfloat16"):
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(policy)
+        try:
+            obj = build()
+            out = obj(ops.convert_to_tensor(x), training=False)
+            compute = keras.DTypePolicy(policy).compute_dtype
+            for tensor in _flat(out):
+                assert keras.backend.standardize_dtype(tensor.dtype) == compute, (policy, tensor.dtype)
+                assert np.all(np.isfinite(np.asarray(ops.convert_to_numpy(ops.cast(tensor, "float32")))))
+            for weight in obj.weights:
+                assert weight.dtype == "float32", (policy, weight.path, weight.dtype)
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+
+def run_layer_battery(cls, init_kwargs, input_shape, expected_output_shape, fit=True):
+    """Runs the battery on `cls(**init_kwargs)` with a random input of `input_shape`."""
+    x = np.random.RandomState(0).normal(size=input_shape).astype("float32")
+
+    layer = cls(**init_kwargs)
+    config = layer.get_config()
+    clone = cls.from_config(config)
+    assert clone.get_config() == config
+
+    eager = layer(x, training=False)
+    assert tuple(eager.shape) == tuple(expected_output_shape)
+    assert tuple(layer.compute_output_shape(input_shape)) == tuple(expected_output_shape)
+
+    inputs = _dynamic_input(input_shape)
+    symbolic = layer(inputs)
+    assert tuple(symbolic.shape) == tuple(layer.compute_output_shape(inputs.shape))
+    model = keras.Model(inputs, symbolic)
+    _assert_close(model(x, training=False), eager)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "layer.keras")
+        model.save(path)
+        restored = keras.saving.load_model(path)
+    _assert_close(restored(x, training=False), eager, atol=0)
+
+    if fit:
+        _fit_lowers_loss(model, x)
+    _check_policies(lambda: cls(**init_kwargs), x)
+
+
+def run_model_battery(build, input_shape, fit=True):
+    """Runs the battery on the model returned by `build()` (an input of `input_shape`)."""
+    x = np.random.RandomState(0).normal(size=input_shape).astype("float32")
+    model = build()
+    config = model.get_config()
+    clone = model.__class__.from_config(config)
+    assert clone.get_config() == config
+    assert clone.count_params() == model.count_params()
+
+    eager = model(x, training=False)
+    symbolic = model(keras.Input(shape=input_shape[1:]))
+    for s, e in zip(_flat(symbolic), _flat(eager)):
+        assert tuple(s.shape[1:]) == tuple(e.shape[1:])
+    assert all(d is None for d in model.inputs[0].shape[:3]), model.inputs[0].shape
+    assert _flat(model.compute_output_shape(input_shape))[0][1:] == tuple(_flat(eager)[0].shape[1:])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        restored = keras.saving.load_model(path)
+    _assert_close(restored(x, training=False), eager, atol=0)
+
+    if fit:
+        _fit_lowers_loss(model, x)
+    _check_policies(build, x)
