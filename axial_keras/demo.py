@@ -14,13 +14,16 @@ from axial_keras.data import load_digits
 from axial_keras.models import get_model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "axial_resnet_tiny", "Registry name of the classifier.")
-flags.DEFINE_integer("epochs", 12, "Training epochs.")
-flags.DEFINE_integer("batch_size", 32, "Batch size.")
-flags.DEFINE_integer("image_size", 32, "Side of the upsampled digits.")
-flags.DEFINE_float("learning_rate", 2e-3, "Peak AdamW learning rate (cosine decay).")
-flags.DEFINE_integer("seed", 0, "Random seed.")
 
+
+def define_flags():
+    """CLI flags, defined only when run as a program (so importing this module is free)."""
+    flags.DEFINE_string("model", "axial_resnet_tiny", "Registry name of the classifier.")
+    flags.DEFINE_integer("epochs", 12, "Training epochs.")
+    flags.DEFINE_integer("batch_size", 32, "Batch size.")
+    flags.DEFINE_integer("image_size", 32, "Side of the upsampled digits.")
+    flags.DEFINE_float("learning_rate", 2e-3, "Peak AdamW learning rate (cosine decay).")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
 
 def train_digits(model_name: str = "axial_resnet_tiny", epochs: int = 12, batch_size: int = 32,
                  image_size: int = 32, learning_rate: float = 2e-3, seed: int = 0,
@@ -50,4 +53,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

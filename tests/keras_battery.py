@@ -63,6 +63,18 @@ def _check_policies(build, x):
             keras.config.set_dtype_policy(previous)
 
 
+def _save_load_fit_policies(model, x, eager, fit, build):
+    """`.keras` round trip with identical outputs, a loss-lowering fit, dtype policies."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        restored = keras.saving.load_model(path)
+    _assert_close(restored(x, training=False), eager, atol=0)
+    if fit:
+        _fit_lowers_loss(model, x)
+    _check_policies(build, x)
+
+
 def run_layer_battery(cls, init_kwargs, input_shape, expected_output_shape, fit=True):
     """Runs the battery on `cls(**init_kwargs)` with a random input of `input_shape`."""
     x = np.random.RandomState(0).normal(size=input_shape).astype("float32")
@@ -82,15 +94,7 @@ def run_layer_battery(cls, init_kwargs, input_shape, expected_output_shape, fit=
     model = keras.Model(inputs, symbolic)
     _assert_close(model(x, training=False), eager)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "layer.keras")
-        model.save(path)
-        restored = keras.saving.load_model(path)
-    _assert_close(restored(x, training=False), eager, atol=0)
-
-    if fit:
-        _fit_lowers_loss(model, x)
-    _check_policies(lambda: cls(**init_kwargs), x)
+    _save_load_fit_policies(model, x, eager, fit, lambda: cls(**init_kwargs))
 
 
 def run_model_battery(build, input_shape, fit=True):
@@ -109,12 +113,4 @@ def run_model_battery(build, input_shape, fit=True):
     assert all(d is None for d in model.inputs[0].shape[:3]), model.inputs[0].shape
     assert _flat(model.compute_output_shape(input_shape))[0][1:] == tuple(_flat(eager)[0].shape[1:])
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        restored = keras.saving.load_model(path)
-    _assert_close(restored(x, training=False), eager, atol=0)
-
-    if fit:
-        _fit_lowers_loss(model, x)
-    _check_policies(build, x)
+    _save_load_fit_policies(model, x, eager, fit, build)

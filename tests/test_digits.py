@@ -8,7 +8,7 @@ from axial_keras.demo import train_digits
 
 def test_digits_split_is_fixed_and_stratified():
     (x_train, y_train), (x_test, y_test) = load_digits(16)
-    assert x_train.shape == (1437, 16, 16, 1) and x_test.shape == (360, 16, 16, 1)
+    assert x_train.shape == (1438, 16, 16, 1) and x_test.shape == (359, 16, 16, 1)
     assert x_train.dtype == np.float32 and 0.0 <= x_train.min() and x_train.max() <= 1.0
     assert set(np.unique(y_test)) == set(range(10))
     (x_again, _), _ = load_digits(16)

@@ -38,7 +38,7 @@ def load_digits(image_size: int = 32) -> Tuple[Tuple[np.ndarray, np.ndarray],
 
     Returns:
         Images as float32 `[n, image_size, image_size, 1]` in [0, 1] and labels as
-        int32 `[n]` (0-9); 1437 training and 360 test examples.
+        int32 `[n]` (0-9); 1438 training and 359 test examples (20% of each class).
 
     Example:
     >>> (x_train, y_train), (x_test, y_test) = load_digits(32)

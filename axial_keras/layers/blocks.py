@@ -354,9 +354,14 @@ class ConvBottleneck(_Bottleneck):
 class _Stem(keras.layers.Layer):
     """A sequence of sub-layers with an optional final ReLU."""
 
-    def __init__(self, activate_output: bool = True, **kwargs):
+    def __init__(self, filters: int, activate_output: bool = True, kernel_regularizer=None,
+                 momentum: float = 0.99, epsilon: float = 1e-3, synchronized: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.filters = _check_filters("filters", filters)
         self.activate_output = activate_output
+        self.norm_args = dict(kernel_regularizer=keras.regularizers.get(kernel_regularizer),
+                              momentum=momentum, epsilon=epsilon, synchronized=synchronized)
 
     def build(self, input_shape):
         _check_rank4(self, input_shape)
@@ -383,6 +388,15 @@ class _Stem(keras.layers.Layer):
             input_shape = layer.compute_output_shape(input_shape)
         return total
 
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "filters": self.filters, "activate_output": self.activate_output,
+            **self.norm_args,
+            "kernel_regularizer": keras.regularizers.serialize(self.norm_args["kernel_regularizer"]),
+        })
+        return config
+
 
 @keras.saving.register_keras_serializable(package="axial_keras")
 class ConvStem(_Stem):
@@ -400,13 +414,9 @@ class ConvStem(_Stem):
         **kwargs: `ConvNormAct` batch-norm options and base `Layer` arguments.
     """
 
-    def __init__(self, filters: int = 64, pool: bool = False, activate_output: bool = True,
-                 kernel_regularizer=None, momentum: float = 0.99, epsilon: float = 1e-3,
-                 synchronized: bool = False, **kwargs):
-        super().__init__(activate_output, **kwargs)
-        self.filters, self.pool = filters, pool
-        self.norm_args = dict(kernel_regularizer=kernel_regularizer, momentum=momentum,
-                              epsilon=epsilon, synchronized=synchronized)
+    def __init__(self, filters: int = 64, pool: bool = False, **kwargs):
+        super().__init__(filters, **kwargs)
+        self.pool = pool
         self.conv = ConvNormAct(filters, 7, strides=2, name="conv", dtype=self.dtype_policy,
                                 **self.norm_args)
         self.sublayers = (self.conv,)
@@ -424,11 +434,7 @@ class ConvStem(_Stem):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters, "pool": self.pool,
-                       "activate_output": self.activate_output,
-                       **self.norm_args,
-                       "kernel_regularizer": keras.regularizers.serialize(
-                           self.norm_args["kernel_regularizer"])})
+        config.update({"pool": self.pool})
         return config
 
 
@@ -445,26 +451,13 @@ class InceptionStem(_Stem):
         **kwargs: batch-norm options and base `Layer` arguments.
     """
 
-    def __init__(self, filters: int = 64, activate_output: bool = True, kernel_regularizer=None,
-                 momentum: float = 0.99, epsilon: float = 1e-3, synchronized: bool = False,
-                 **kwargs):
-        super().__init__(activate_output, **kwargs)
-        self.filters = filters
-        self.norm_args = dict(kernel_regularizer=kernel_regularizer, momentum=momentum,
-                              epsilon=epsilon, synchronized=synchronized)
+    def __init__(self, filters: int = 64, **kwargs):
+        super().__init__(filters, **kwargs)
         args = dict(dtype=self.dtype_policy, **self.norm_args)
         self.conv1 = ConvNormAct(filters, 3, strides=2, activation="relu", name="conv1", **args)
         self.conv2 = ConvNormAct(filters, 3, activation="relu", name="conv2", **args)
         self.conv3 = ConvNormAct(2 * filters, 3, name="conv3", **args)
         self.sublayers = (self.conv1, self.conv2, self.conv3)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"filters": self.filters, "activate_output": self.activate_output,
-                       **self.norm_args,
-                       "kernel_regularizer": keras.regularizers.serialize(
-                           self.norm_args["kernel_regularizer"])})
-        return config
 
 
 @keras.saving.register_keras_serializable(package="axial_keras")
@@ -485,26 +478,22 @@ class FullAxialStem(_Stem):
     """
 
     _BLOCK_ARGS = ("key_expansion", "value_expansion", "bottleneck_expansion",
-                   "drop_path_rate", "max_span", "kernel_regularizer", "momentum",
-                   "epsilon", "synchronized")
+                   "drop_path_rate", "max_span")
 
     def __init__(self, filters: int = 16, span: Optional[int] = None, num_heads: int = 8,
-                 activate_output: bool = True, **kwargs):
+                 **kwargs):
         block_args = {k: kwargs.pop(k) for k in self._BLOCK_ARGS if k in kwargs}
-        super().__init__(activate_output, **kwargs)
-        self.filters, self.span, self.num_heads = filters, span, num_heads
+        super().__init__(filters, **kwargs)
+        self.span, self.num_heads = span, num_heads
         self.block_args = block_args
         self.sublayers = tuple(
             AxialBottleneck(filters, strides=2 if i == 0 else 1, span=span,
                             num_heads=num_heads, activate_output=i < 2,
-                            name=f"block{i + 1}", dtype=self.dtype_policy, **block_args)
+                            name=f"block{i + 1}", dtype=self.dtype_policy,
+                            **block_args, **self.norm_args)
             for i in range(3))
 
     def get_config(self):
         config = super().get_config()
-        args = dict(self.block_args)
-        if "kernel_regularizer" in args:
-            args["kernel_regularizer"] = keras.regularizers.serialize(args["kernel_regularizer"])
-        config.update({"filters": self.filters, "span": self.span, "num_heads": self.num_heads,
-                       "activate_output": self.activate_output, **args})
+        config.update({"span": self.span, "num_heads": self.num_heads, **self.block_args})
         return config

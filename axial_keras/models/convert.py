@@ -129,11 +129,14 @@ def from_deeplab2(checkpoint_path: str, name: str, **kwargs) -> keras.Model:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("deeplab2_checkpoint", None, "deeplab2 checkpoint prefix or directory.")
-flags.DEFINE_string("model", None, "Registry name of the model to build.")
-flags.DEFINE_string("output", None, "Where to write the converted .keras file.")
-flags.DEFINE_integer("output_stride", None, "Override the model's output stride.")
 
+
+def define_flags():
+    """CLI flags, defined only when run as a program (so importing this module is free)."""
+    flags.DEFINE_string("deeplab2_checkpoint", None, "deeplab2 checkpoint prefix or directory.")
+    flags.DEFINE_string("model", None, "Registry name of the model to build.")
+    flags.DEFINE_string("output", None, "Where to write the converted .keras file.")
+    flags.DEFINE_integer("output_stride", None, "Override the model's output stride.")
 
 def main(argv) -> Optional[int]:
     del argv
@@ -150,5 +153,6 @@ def main(argv) -> Optional[int]:
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["deeplab2_checkpoint", "model", "output"])
     app.run(main)

@@ -65,6 +65,7 @@ for _size, _width in (("s", 0.5), ("m", 0.75), ("l", 1.0)):
 
 register("axial_resnet_tiny", AxialResNet,
          "A tiny conv-stem Axial-ResNet for tests and the digits demo (one block per stage, "
+         "batch-norm momentum 0.9 for short runs, "
          "4 heads, stride 16).",
          stem="conv", width_multiplier=0.25, stem_width_multiplier=0.25,
-         num_blocks=(1, 1, 1, 1), num_heads=4, output_stride=16)
+         num_blocks=(1, 1, 1, 1), num_heads=4, output_stride=16, momentum=0.9)
