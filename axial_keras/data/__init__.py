@@ -1,5 +1,7 @@
-"""Data: the embedded digits set (more datasets and tf.data pipelines follow)."""
+"""Data: the embedded digits sets (classification and panoptic)."""
 
 from axial_keras.data.digits import load_digits
+from axial_keras.data.digits_panoptic import (DIGITS_PANOPTIC, digits_panoptic_dataset,
+                                              generate_digits_panoptic)
 
-__all__ = ["load_digits"]
+__all__ = ["DIGITS_PANOPTIC", "digits_panoptic_dataset", "generate_digits_panoptic", "load_digits"]

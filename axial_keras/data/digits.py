@@ -13,6 +13,24 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
+def test_mask(labels: np.ndarray) -> np.ndarray:
+    """The fixed stratified split: True for the 20% of each class held out for testing.
+
+    Args:
+        labels: int `[n]` digit labels in scikit-learn's order.
+
+    Returns:
+        bool `[n]`, the same for every caller (classification and panoptic data).
+    """
+    rng = np.random.RandomState(SPLIT_SEED)
+    test = np.zeros(len(labels), dtype=bool)
+    for label in range(10):
+        index = np.flatnonzero(labels == label)
+        rng.shuffle(index)
+        test[index[: int(round(TEST_FRACTION * len(index)))]] = True
+    return test
+
+
 def _upsample(images: np.ndarray, size: int) -> np.ndarray:
     """Bilinear (align-corners) resize of [n, h, w] float images to [n, size, size]."""
     n, h, w = images.shape
@@ -50,11 +68,6 @@ def load_digits(image_size: int = 32) -> Tuple[Tuple[np.ndarray, np.ndarray],
     digits = sklearn_digits()
     images = digits.images.astype(np.float32) / 16.0
     labels = digits.target.astype(np.int32)
-    rng = np.random.RandomState(SPLIT_SEED)
-    test = np.zeros(len(labels), dtype=bool)
-    for label in range(10):
-        index = np.flatnonzero(labels == label)
-        rng.shuffle(index)
-        test[index[: int(round(TEST_FRACTION * len(index)))]] = True
+    test = test_mask(labels)
     images = _upsample(images, image_size).astype(np.float32)[..., None]
     return (images[~test], labels[~test]), (images[test], labels[test])

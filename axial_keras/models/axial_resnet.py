@@ -9,6 +9,7 @@ from keras import ops
 from axial_keras.layers.axial_attention import check_span
 from axial_keras.layers.blocks import (AxialBottleneck, ConvBottleneck, ConvStem,
                                        FullAxialStem, InceptionStem)
+from axial_keras.models.madds import functional_madds
 
 STEMS = ("conv", "inception", "axial")
 DROP_PATH_SCHEDULES = ("constant", "linear")
@@ -237,6 +238,10 @@ class AxialResNet(keras.Model):
             "synchronized_bn": self.synchronized_bn,
             "max_span": self.max_span,
         }
+
+    def madds(self, input_shape) -> int:
+        """Multiply-adds on a `[batch, height, width, channels]` input."""
+        return functional_madds(self, input_shape)
 
     @classmethod
     def from_config(cls, config):

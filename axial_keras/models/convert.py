@@ -45,10 +45,46 @@ def _conv_tail(parts):
     return ["_batch_norm"] + parts[1:]
 
 
+_HEADS = {
+    "semantic_head": ("semantic_head_without_last_layer", "semantic_last_layer"),
+    "center_head": ("instance_center_head_without_last_layer", "instance_center_head_last_layer"),
+    "offset_head": ("instance_regression_head_without_last_layer",
+                    "instance_regression_head_last_layer"),
+}
+
+
+def _separable_tail(parts):
+    """A SeparableConvNormAct's [sub-layer, ...] -> deeplab2's SeparableConv2DSame."""
+    if parts[0] == "depthwise_conv":
+        return ["_conv1_bn_act", "_depthwise", "_depthwise_conv", "depthwise_kernel"]
+    if parts[0] == "depthwise_bn":
+        return ["_conv1_bn_act", "_depthwise", "_batch_norm"] + parts[1:]
+    return ["_conv1_bn_act", "_pointwise"] + _conv_tail(parts[1:])
+
+
+def _decoder_key(path: str) -> str:
+    parts = path.split("/")
+    head = parts.pop(0)
+    if head in _HEADS:
+        without_last, last = _HEADS[head]
+        if parts[0] == "final_conv":
+            return "/".join([last] + parts[1:])
+        return "/".join([without_last] + _separable_tail(parts[1:]))
+    name = parts.pop(0)
+    if name == "projection":
+        return "/".join([head, "_aspp", "_proj_conv_bn_act"] + _conv_tail(parts))
+    if name.startswith("low_level_conv"):
+        return "/".join([head, f"_{name}"] + _conv_tail(parts))
+    return "/".join([head, f"_{name}"] + _separable_tail(parts))
+
+
 def deeplab2_key(path: str, stem: str) -> str:
     """Maps one of our weight paths (e.g. `stage2_block1/conv1/conv/kernel`) to its
-    deeplab2 checkpoint key (without the `.ATTRIBUTES` suffix), under `encoder/`."""
+    deeplab2 checkpoint key (without the `.ATTRIBUTES` suffix): backbone weights live
+    under `encoder/`, decoders and heads under deeplab2's checkpoint item names."""
     parts = path.split("/")
+    if parts[0] in ("semantic_decoder", "instance_decoder") or parts[0] in _HEADS:
+        return _decoder_key(path)
     out = []
     head = parts.pop(0)
     match = re.fullmatch(r"stage(\d)_block(\d+)", head)
@@ -82,7 +118,8 @@ def deeplab2_key(path: str, stem: str) -> str:
 
 
 def load_deeplab2_weights(model: keras.Model, checkpoint_path: str) -> None:
-    """Assigns every weight of `model` (an `AxialResNet`) from a deeplab2 checkpoint.
+    """Assigns every weight of `model` (`AxialResNet` or `AxialDeepLab`) from a deeplab2
+    checkpoint.
 
     Raises:
         ValueError: naming model weights with no checkpoint tensor, size mismatches,
@@ -91,9 +128,10 @@ def load_deeplab2_weights(model: keras.Model, checkpoint_path: str) -> None:
     reader = tf.train.load_checkpoint(checkpoint_path)
     shapes = reader.get_variable_to_shape_map()
     available = {k[: -len(_SUFFIX)]: k for k in shapes if k.endswith(_SUFFIX)}
+    stem = getattr(model, "backbone", model).stem
     used, missing, mismatched, values = set(), [], [], {}
     for weight in model.weights:
-        key = deeplab2_key(weight.path, model.stem)
+        key = deeplab2_key(weight.path, stem)
         if key not in available:
             missing.append(f"{weight.path} (expected {key})")
             continue

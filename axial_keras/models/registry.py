@@ -5,6 +5,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import keras
 
+from axial_keras.models.axial_deeplab import AxialDeepLab
 from axial_keras.models.axial_resnet import AxialResNet
 
 
@@ -69,3 +70,24 @@ register("axial_resnet_tiny", AxialResNet,
          "4 heads, stride 16).",
          stem="conv", width_multiplier=0.25, stem_width_multiplier=0.25,
          num_blocks=(1, 1, 1, 1), num_heads=4, output_stride=16, momentum=0.9)
+
+# Axial-DeepLab (PAPER.md section 3): inception-stem Axial-ResNet at output stride 16,
+# drop path 0.2 growing linearly to the last stage (deeplab2's configs). Global span by
+# default (what the official checkpoints were trained with); pass
+# backbone={"spans": (None, 65, 65, 65, 65), ...} for the paper's local span on large
+# inputs.
+for _size, _width in (("s", 0.5), ("m", 0.75), ("l", 1.0), ("xl", 2.0)):
+    register(f"axial_deeplab_{_size}", AxialDeepLab,
+             f"Axial-DeepLab-{_size.upper()}: Panoptic-DeepLab heads on an inception-stem "
+             f"Axial-ResNet (width {_width}, output stride 16).",
+             backbone=dict(stem="inception", width_multiplier=_width, drop_path_rate=0.2,
+                           drop_path_schedule="linear"))
+
+register("axial_deeplab_tiny", AxialDeepLab,
+         "A tiny Axial-DeepLab for tests and the digits-panoptic demo.",
+         backbone=dict(stem="inception", width_multiplier=0.25, stem_width_multiplier=0.25,
+                       num_blocks=(1, 1, 1, 1), num_heads=4, momentum=0.9),
+         projection_channels=64, semantic_decoder_channels=64,
+         semantic_low_level_channels=(32, 16), semantic_head_channels=64,
+         instance_projection_channels=64, instance_decoder_channels=32,
+         instance_low_level_channels=(16, 8), instance_head_channels=16, momentum=0.9)
