@@ -145,7 +145,7 @@ class AxialDeepLab(keras.Model):
         layer_outputs = {key: self.get_layer(name).output for key, name in
                          (("semantic_logits", "semantic_head"), ("center_heatmap", "center_head"),
                           ("center_offsets", "offset_head"))}
-        return keras.Model(self.inputs, layer_outputs)(images, training=training)
+        return keras.Model(self.inputs[0], layer_outputs)(images, training=training)
 
     def compile(self, optimizer="adam", loss=None, **kwargs):
         """Compiles; with `loss=None` training uses `PanopticDeepLabLoss` on panoptic labels."""
