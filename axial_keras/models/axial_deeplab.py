@@ -147,13 +147,23 @@ class AxialDeepLab(keras.Model):
                           ("center_offsets", "offset_head"))}
         return keras.Model(self.inputs[0], layer_outputs)(images, training=training)
 
-    def compile(self, optimizer="adam", loss=None, **kwargs):
-        """Compiles; with `loss=None` training uses `PanopticDeepLabLoss` on panoptic labels."""
+    def compile(self, optimizer="adam", loss=None, panoptic_loss_args: Optional[dict] = None,
+                **kwargs):
+        """Compiles; with `loss=None` training uses `PanopticDeepLabLoss` on panoptic labels.
+
+        Args:
+            optimizer: a Keras optimizer.
+            loss: None for the Panoptic-DeepLab loss, or any Keras loss(es) on the outputs.
+            panoptic_loss_args: dict. Extra `PanopticDeepLabLoss` arguments (`sigma`,
+                `small_instance_area`, term weights, `top_k_percent`).
+            **kwargs: `keras.Model.compile` arguments.
+        """
         from axial_keras.panoptic.losses import PanopticDeepLabLoss
 
         self.panoptic_loss = None if loss is not None else PanopticDeepLabLoss(
             num_classes=self.num_classes, thing_class_ids=self.thing_class_ids,
-            label_divisor=self.label_divisor, ignore_label=self.ignore_label)
+            label_divisor=self.label_divisor, ignore_label=self.ignore_label,
+            **(panoptic_loss_args or {}))
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
