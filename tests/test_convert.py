@@ -12,6 +12,7 @@ from axial_keras.models.convert import from_deeplab2, load_deeplab2_weights
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "..", "shared", "fixtures", "deeplab2", "axial_resnet_s")
 FIXTURE = os.environ.get("DEEPLAB2_FIXTURE_A", os.path.normpath(FIXTURE))
+FIXTURE_B = os.path.join(os.path.dirname(FIXTURE), "axial_deeplab_s")
 pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURE),
                                 reason=f"deeplab2 fixture not found at {FIXTURE}")
 
@@ -46,3 +47,20 @@ def test_a_checkpoint_that_does_not_fit_fails_loudly():
     shallower = get_model("axial_resnet_s", num_blocks=(3, 4, 6, 2))
     with pytest.raises(ValueError, match="unused"):
         load_deeplab2_weights(shallower, os.path.join(FIXTURE, "checkpoint", "ckpt-0"))
+
+
+def test_panoptic_checkpoint_loads_every_variable():
+    # Every one of the 808 model variables of deeplab2's Axial-DeepLab-S checkpoint maps
+    # onto our AxialDeepLab (the loader raises on any unused, missing or misshapen one).
+    model = from_deeplab2(os.path.join(FIXTURE_B, "checkpoint", "ckpt-0"), "axial_deeplab_s")
+    assert len(model.weights) == 808
+    x = np.load(os.path.join(FIXTURE_B, "input.npy"))
+    ref = np.load(os.path.join(FIXTURE_B, "outputs.npz"))
+    raw = model.raw_outputs(x)
+    for key, ref_key in (("semantic_logits", "raw/semantic_logits"),
+                         ("center_heatmap", "raw/center_heatmap"),
+                         ("center_offsets", "raw/offset_map")):
+        assert raw[key].shape == ref[ref_key].shape
+        assert np.all(np.isfinite(np.asarray(raw[key])))
+    full = model(x)
+    assert full["semantic_logits"].shape == ref["semantic_logits"].shape

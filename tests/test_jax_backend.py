@@ -16,7 +16,7 @@ def test_layers_and_models_pass_under_jax():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-         "tests/test_layers.py", "tests/test_models.py"],
+         "tests/test_layers.py", "tests/test_models.py", "tests/test_postprocessing.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     tail = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, tail
