@@ -78,8 +78,8 @@ def evaluate_panoptic(model, images, labels, meta=DIGITS_PANOPTIC, batch_size: i
 def select_post_processor(model, images, labels, meta=DIGITS_PANOPTIC) -> PanopticPostProcessor:
     """Picks the centre threshold and NMS kernel with the best PQ on validation images."""
     best, best_pq = None, -1.0
-    for threshold in (0.05, 0.1, 0.2, 0.3):
-        for kernel in (5, 7, 9):
+    for threshold in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+        for kernel in (7, 9, 11, 13):
             post = panoptic_post_processor(meta, threshold, kernel)
             pq = float(evaluate_panoptic(model, images, labels, meta, post=post)[0]["pq"])
             if pq > best_pq:
@@ -106,7 +106,7 @@ def write_overlays(output_dir: str, images, labels, predictions, meta=DIGITS_PAN
 
 def train_digits_panoptic(epochs: int = 14, num_train: int = 2400, num_test: int = 200,
                           image_size: int = 64, batch_size: int = 16,
-                          learning_rate: float = 3e-3, seed: int = 0, verbose: int = 2,
+                          learning_rate: float = 4e-3, seed: int = 0, verbose: int = 2,
                           output_dir: str = None):
     """Trains `axial_deeplab_tiny` on digits-panoptic with `model.fit`.
 
