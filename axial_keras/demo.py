@@ -59,17 +59,26 @@ def panoptic_post_processor(meta=DIGITS_PANOPTIC, center_threshold: float = 0.1,
                                  keep_k_centers=16, stuff_area_limit=16)
 
 
+def predict_batches(model, images, batch_size: int = 32) -> list:
+    """Model outputs for `images`, one dict per batch of `batch_size`."""
+    return [model(images[start:start + batch_size].astype("float32"), training=False)
+            for start in range(0, len(images), batch_size)]
+
+
 def evaluate_panoptic(model, images, labels, meta=DIGITS_PANOPTIC, batch_size: int = 32,
-                      post: PanopticPostProcessor = None):
-    """PQ of `model` on `(images, labels)`; returns (PQ result dict, predicted maps)."""
+                      post: PanopticPostProcessor = None, outputs: list = None):
+    """PQ of `model` on `(images, labels)`; returns (PQ result dict, predicted maps).
+
+    `outputs` (from `predict_batches` with the same `batch_size`) skips the forward pass.
+    """
     post = post or panoptic_post_processor(meta)
+    outputs = outputs if outputs is not None else predict_batches(model, images, batch_size)
     metric = PanopticQuality(meta.num_classes, meta.thing_class_ids, meta.label_divisor,
                              meta.ignore_label)
     predictions = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].astype("float32")
-        panoptic = np.asarray(post(model(batch, training=False))["panoptic"])
-        metric.update_state(labels[start:start + batch_size], panoptic)
+    for index, output in enumerate(outputs):
+        panoptic = np.asarray(post(output)["panoptic"])
+        metric.update_state(labels[index * batch_size:(index + 1) * batch_size], panoptic)
         predictions.append(panoptic)
     result = {k: np.asarray(v) for k, v in metric.result().items()}
     return result, np.concatenate(predictions)
@@ -77,13 +86,14 @@ def evaluate_panoptic(model, images, labels, meta=DIGITS_PANOPTIC, batch_size: i
 
 def select_post_processor(model, images, labels, meta=DIGITS_PANOPTIC) -> PanopticPostProcessor:
     """Picks the centre threshold and NMS kernel with the best PQ on validation images."""
+    outputs = predict_batches(model, images)
     best, best_pq = None, -1.0
     for threshold in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
         for kernel in (7, 9, 11, 13):
             post = panoptic_post_processor(meta, threshold, kernel)
-            pq = float(evaluate_panoptic(model, images, labels, meta, post=post)[0]["pq"])
-            if pq > best_pq:
-                best, best_pq = post, pq
+            result = evaluate_panoptic(model, images, labels, meta, post=post, outputs=outputs)[0]
+            if float(result["pq"]) > best_pq:
+                best, best_pq = post, float(result["pq"])
     return best
 
 
