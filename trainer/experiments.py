@@ -1,0 +1,456 @@
+"""Experiments: one registry of frozen dataclass configs, typed `section.field=value` overrides.
+
+An experiment has five sections: `task` (what is learned: classes, loss, post-processing),
+`model` (a registry model name and its options), `data` (where examples come from),
+`optimizer` and `trainer` (loop lengths and intervals). Variants are data: each registered
+experiment is one `ExperimentConfig` value.
+
+Example:
+>>> config = get_experiment("digits_panoptic", ["trainer.train_steps=20", "data.batch_size=4"])
+>>> config.trainer.train_steps, config.data.batch_size
+(20, 4)
+>>> model = build_model(config)
+"""
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+CITYSCAPES_THING_CLASS_IDS = tuple(range(11, 19))
+COCO_NUM_THING_CLASSES = 80
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """What is learned.
+
+    Attributes:
+        kind: "panoptic" (Axial-DeepLab) or "classification" (Axial-ResNet).
+        num_classes: number of semantic classes (or image classes).
+        thing_class_ids: panoptic classes with instances.
+        label_divisor: panoptic id = class * label_divisor + instance id.
+        ignore_label: class id of void pixels.
+        sigma: centre Gaussian standard deviation in pixels (loss targets).
+        small_instance_area: instances with fewer pixels get `small_instance_weight`.
+        small_instance_weight: semantic loss weight on small instances' pixels.
+        top_k_percent: fraction of hardest pixels in the bootstrapped cross-entropy.
+        semantic_weight, center_weight, offset_weight: loss term weights.
+        center_threshold, nms_kernel, keep_k_centers, stuff_area_limit: post-processing.
+        label_smoothing: classification only.
+    """
+
+    kind: str = "panoptic"
+    num_classes: int = 12
+    thing_class_ids: Tuple[int, ...] = tuple(range(10))
+    label_divisor: int = 256
+    ignore_label: int = 255
+    sigma: float = 8.0
+    small_instance_area: int = 4096
+    small_instance_weight: float = 3.0
+    top_k_percent: float = 0.2
+    semantic_weight: float = 1.0
+    center_weight: float = 200.0
+    offset_weight: float = 0.01
+    center_threshold: float = 0.1
+    nms_kernel: int = 7
+    keep_k_centers: int = 200
+    stuff_area_limit: int = 0
+    label_smoothing: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which registry model, and options passed to `axial_keras.models.get_model`.
+
+    Attributes:
+        name: a name from `axial_keras.models.list_models()`.
+        output_stride: backbone output stride (8, 16 or 32); None keeps the registry's.
+        drop_path_rate: stochastic depth rate (the registry's schedule); None keeps the
+            registry's (0.2 for axial_deeplab_{s,m,l,xl}, as deeplab2).
+        spans: attention span per stage (None = global, odd int = local window); empty
+            keeps the registry default.
+        input_size: classification only: the fixed [height, width] of the input.
+        input_channels: classification only: input channels.
+    """
+
+    name: str = "axial_deeplab_tiny"
+    output_stride: Optional[int] = None
+    drop_path_rate: Optional[float] = None
+    spans: Tuple[Optional[int], ...] = ()
+    input_size: Tuple[int, ...] = ()
+    input_channels: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where examples come from.
+
+    Attributes:
+        dataset: "digits_panoptic" (generated), "digits" (classification) or "tfrecord"
+            (files written by `python -m axial_keras.data.convert`).
+        train_file_pattern, eval_file_pattern: TFRecord globs ("tfrecord" only).
+        num_train_examples, num_eval_examples: generated set sizes (digits only).
+        image_size: generated image side (digits only).
+        crop_size: [height, width] of training crops ("tfrecord"); eval pads to it.
+        min_scale, max_scale: random scale range for training augmentation.
+        batch_size: global training batch (split across replicas).
+        eval_batch_size: global evaluation batch.
+        shuffle_buffer: examples in the shuffle buffer.
+        seed: data seed.
+    """
+
+    dataset: str = "digits_panoptic"
+    train_file_pattern: str = ""
+    eval_file_pattern: str = ""
+    num_train_examples: int = 2400
+    num_eval_examples: int = 200
+    image_size: int = 64
+    crop_size: Tuple[int, ...] = (64, 64)
+    min_scale: float = 1.0
+    max_scale: float = 1.0
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    shuffle_buffer: int = 1024
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer and learning-rate schedule.
+
+    Attributes:
+        name: "radam_lookahead" (the paper's), "radam", "adamw", "adam" or "sgd".
+        learning_rate: peak learning rate (after warm-up).
+        warmup_steps: linear warm-up steps from 0.
+        schedule: "polynomial" (power `decay_power` to `end_learning_rate` at train_steps),
+            "cosine" or "constant".
+        decay_power: polynomial decay power.
+        end_learning_rate: learning rate at the last step.
+        weight_decay: decoupled weight decay (0 disables).
+        lookahead_sync_period: Lookahead's k (fast steps per slow update).
+        lookahead_slow_step_size: Lookahead's alpha.
+        momentum: SGD momentum.
+        global_clipnorm: clip the global gradient norm (0 disables).
+    """
+
+    name: str = "adamw"
+    learning_rate: float = 4e-3
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    decay_power: float = 0.9
+    end_learning_rate: float = 0.0
+    weight_decay: float = 1e-4
+    lookahead_sync_period: int = 6
+    lookahead_slow_step_size: float = 0.5
+    momentum: float = 0.9
+    global_clipnorm: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """Loop lengths, intervals and evaluation options.
+
+    Attributes:
+        train_steps: total optimizer steps.
+        steps_per_loop: steps per inner `tf.function` loop (one host round trip).
+        checkpoint_interval: steps between checkpoints.
+        summary_interval: steps between TensorBoard scalar summaries.
+        eval_interval: steps between evaluations in train_and_eval.
+        eval_steps: evaluation batches (-1 = the whole eval set).
+        max_checkpoints_to_keep: checkpoints kept in model_dir.
+        best_metric: evaluation metric whose best value is exported ("pq", "miou", "accuracy").
+        eval_scales: multi-scale evaluation input scales (1.0 alone = single scale).
+        eval_flip: also average horizontally flipped predictions at evaluation.
+        seed: model initialisation seed.
+        mixed_precision: Keras dtype policy ("float32", "mixed_float16", "mixed_bfloat16").
+    """
+
+    train_steps: int = 2100
+    steps_per_loop: int = 50
+    checkpoint_interval: int = 300
+    summary_interval: int = 50
+    eval_interval: int = 700
+    eval_steps: int = -1
+    max_checkpoints_to_keep: int = 3
+    best_metric: str = "pq"
+    eval_scales: Tuple[float, ...] = (1.0,)
+    eval_flip: bool = False
+    seed: int = 0
+    mixed_precision: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: a name and its five sections."""
+
+    name: str
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+SECTIONS = ("task", "model", "data", "optimizer", "trainer")
+
+_EXPERIMENTS: Dict[str, ExperimentConfig] = {}
+
+
+def register(config: ExperimentConfig) -> ExperimentConfig:
+    """Adds `config` to the registry under `config.name`."""
+    if config.name in _EXPERIMENTS:
+        raise ValueError(f"Experiment {config.name!r} is already registered.")
+    _EXPERIMENTS[config.name] = config
+    return config
+
+
+def list_experiments() -> List[str]:
+    """Registered experiment names, sorted."""
+    return sorted(_EXPERIMENTS)
+
+
+def get_experiment(name: str, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """The registered experiment `name` with `section.field=value` overrides applied.
+
+    Raises:
+        ValueError: for an unknown experiment name or a bad override.
+    """
+    if name not in _EXPERIMENTS:
+        raise ValueError(f"Unknown experiment {name!r}; registered: {', '.join(list_experiments())}.")
+    return apply_overrides(_EXPERIMENTS[name], overrides)
+
+
+def allowed_keys() -> List[str]:
+    """Every `section.field` override key."""
+    return [f"{section}.{field.name}" for section in SECTIONS
+            for field in dataclasses.fields(_section_type(section))]
+
+
+def _section_type(section: str) -> type:
+    return typing.get_type_hints(ExperimentConfig)[section]
+
+
+def _parse_value(key: str, text: str, annotation) -> Any:
+    """Parses `text` as `annotation` (int, float, bool, str, Optional[...] or Tuple[..., ...])."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union and type(None) in args:
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse_value(key, text, inner[0])
+    if origin in (tuple, Tuple):
+        element = args[0] if args else str
+        items = [item for item in text.replace(" ", "").strip("()[]").split(",") if item]
+        return tuple(_parse_value(key, item, element) for item in items)
+    try:
+        if annotation is bool:
+            lowered = text.strip().lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if annotation is int:
+            return int(text)
+        if annotation is float:
+            return float(text)
+        if annotation is str:
+            return text
+    except ValueError:
+        pass
+    else:
+        raise TypeError(f"Override {key!r}: unsupported field type {annotation!r}.")
+    raise ValueError(f"Override {key!r}: {text!r} is not a valid {getattr(annotation, '__name__', annotation)}.")
+
+
+def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:
+    """Applies `section.field=value` strings to `config`; returns the new config.
+
+    Raises:
+        ValueError: naming the key (and the allowed keys) for an unknown key, a string
+            without `=`, or a value that does not parse as the field's type.
+    """
+    for override in overrides:
+        if "=" not in override:
+            raise ValueError(f"Override {override!r} is not of the form section.field=value.")
+        key, text = override.split("=", 1)
+        key = key.strip()
+        section, _, field = key.partition(".")
+        if section not in SECTIONS or field not in {
+                f.name for f in dataclasses.fields(_section_type(section))}:
+            raise ValueError(f"Unknown override key {key!r}; allowed keys: {', '.join(allowed_keys())}.")
+        section_type = _section_type(section)
+        value = _parse_value(key, text, typing.get_type_hints(section_type)[field])
+        config = dataclasses.replace(
+            config, **{section: dataclasses.replace(getattr(config, section), **{field: value})})
+    return config
+
+
+def to_dict(config: ExperimentConfig) -> Dict[str, Any]:
+    """A JSON-ready dict of `config`."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: Dict[str, Any]) -> ExperimentConfig:
+    """The inverse of `to_dict` (lists become tuples); unknown keys are an error."""
+    sections = {}
+    for section in SECTIONS:
+        section_type = _section_type(section)
+        hints = typing.get_type_hints(section_type)
+        given = dict(values.get(section, {}))
+        unknown = set(given) - set(hints)
+        if unknown:
+            raise ValueError(f"Unknown keys in section {section!r}: {sorted(unknown)}.")
+        sections[section] = section_type(**{
+            k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    return ExperimentConfig(name=values["name"], **sections)
+
+
+def save_config(config: ExperimentConfig, directory: str) -> str:
+    """Writes `directory/config.json` atomically; returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "config.json")
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(to_dict(config), f, indent=2, sort_keys=True)
+    os.replace(temporary, path)
+    return path
+
+
+def load_config(path: str) -> ExperimentConfig:
+    """Reads a config written by `save_config` (a file, or the directory holding it)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    with open(path) as f:
+        return from_dict(json.load(f))
+
+
+def build_model(config: ExperimentConfig):
+    """The Keras model `config.model` describes, sized by `config.task`.
+
+    Panoptic models take `[B, H, W, 3]` RGB in [0, 255]; classifiers take
+    `config.model.input_size` with `input_channels` channels.
+    """
+    from axial_keras.models.registry import get_model, get_spec
+
+    task, model = config.task, config.model
+    overrides: Dict[str, Any] = {}
+    if task.kind == "panoptic":
+        backbone = dict(get_spec(model.name).kwargs.get("backbone", {}))
+        backbone.update(_backbone_options(model))
+        overrides.update(num_classes=task.num_classes, thing_class_ids=task.thing_class_ids,
+                         label_divisor=task.label_divisor, ignore_label=task.ignore_label,
+                         backbone=backbone)
+    elif task.kind == "classification":
+        overrides.update(num_classes=task.num_classes, **_backbone_options(model))
+        if model.input_size:
+            overrides["input_shape"] = (*model.input_size, model.input_channels)
+    else:
+        raise ValueError(f"Unknown task kind {task.kind!r}; expected 'panoptic' or 'classification'.")
+    return get_model(model.name, **overrides)
+
+
+def _backbone_options(model: ModelConfig) -> Dict[str, Any]:
+    """The AxialResNet arguments `model` sets (unset ones keep the registry's)."""
+    options: Dict[str, Any] = {}
+    if model.output_stride is not None:
+        options["output_stride"] = model.output_stride
+    if model.drop_path_rate is not None:
+        options["drop_path_rate"] = model.drop_path_rate
+    if model.spans:
+        options["spans"] = tuple(model.spans)
+    return options
+
+
+def panoptic_loss_args(task: TaskConfig) -> Dict[str, Any]:
+    """`PanopticDeepLabLoss` keyword arguments beyond the class list."""
+    return dict(sigma=task.sigma, small_instance_area=task.small_instance_area,
+                small_instance_weight=task.small_instance_weight,
+                top_k_percent=task.top_k_percent, semantic_weight=task.semantic_weight,
+                center_weight=task.center_weight, offset_weight=task.offset_weight)
+
+
+def post_processor_args(task: TaskConfig) -> Dict[str, Any]:
+    """`PanopticPostProcessor` keyword arguments."""
+    return dict(thing_class_ids=task.thing_class_ids, label_divisor=task.label_divisor,
+                ignore_label=task.ignore_label, center_threshold=task.center_threshold,
+                nms_kernel=task.nms_kernel, keep_k_centers=task.keep_k_centers,
+                stuff_area_limit=task.stuff_area_limit)
+
+
+# The embedded default: digits-panoptic at 64x64, sized for 2 CPU cores (the `make demo` job).
+register(ExperimentConfig(
+    name="digits_panoptic",
+    task=TaskConfig(kind="panoptic", num_classes=12, thing_class_ids=tuple(range(10)),
+                    label_divisor=256, ignore_label=255, sigma=3.0,
+                    small_instance_area=16 * 16, center_threshold=0.5, nms_kernel=11,
+                    keep_k_centers=16, stuff_area_limit=16),
+    model=ModelConfig(name="axial_deeplab_tiny"),
+    data=DataConfig(dataset="digits_panoptic", num_train_examples=2400, num_eval_examples=200,
+                    image_size=64, crop_size=(64, 64), batch_size=16, eval_batch_size=32),
+    optimizer=OptimizerConfig(name="adamw", learning_rate=4e-3, warmup_steps=105,
+                              schedule="cosine", weight_decay=1e-4),
+    trainer=TrainerConfig(train_steps=2100, steps_per_loop=50, checkpoint_interval=300,
+                          summary_interval=50, eval_interval=700, best_metric="pq"),
+))
+
+register(ExperimentConfig(
+    name="digits_classification",
+    task=TaskConfig(kind="classification", num_classes=10, thing_class_ids=(),
+                    label_divisor=1, ignore_label=-1),
+    model=ModelConfig(name="axial_resnet_tiny", input_size=(32, 32),
+                      input_channels=1),
+    data=DataConfig(dataset="digits", image_size=32, crop_size=(32, 32), batch_size=32,
+                    eval_batch_size=128),
+    optimizer=OptimizerConfig(name="adamw", learning_rate=2e-3, warmup_steps=0,
+                              schedule="cosine", weight_decay=1e-4),
+    trainer=TrainerConfig(train_steps=540, steps_per_loop=45, checkpoint_interval=135,
+                          summary_interval=45, eval_interval=270, best_metric="accuracy"),
+))
+
+
+def _paper_panoptic(name: str, model_name: str, dataset: str, batch_size: int,
+                    train_steps: int, crop: Tuple[int, int], spans: Tuple[Optional[int], ...]) -> ExperimentConfig:
+    """The paper's recipe: RAdam + Lookahead, LR 1e-3, linear warm-up, polynomial decay."""
+    if dataset == "cityscapes":
+        task = TaskConfig(kind="panoptic", num_classes=19,
+                          thing_class_ids=CITYSCAPES_THING_CLASS_IDS, label_divisor=1000,
+                          ignore_label=255, sigma=8.0, small_instance_area=4096,
+                          center_threshold=0.1, nms_kernel=13, keep_k_centers=200,
+                          stuff_area_limit=2048)
+        folder, eval_batch = "data/cityscapes_panoptic", 1
+    else:
+        task = TaskConfig(kind="panoptic", num_classes=133,
+                          thing_class_ids=tuple(range(COCO_NUM_THING_CLASSES)),
+                          label_divisor=256, ignore_label=255, sigma=8.0,
+                          small_instance_area=4096, center_threshold=0.1, nms_kernel=41,
+                          keep_k_centers=200, stuff_area_limit=4096)
+        folder, eval_batch = "data/coco_panoptic", 1
+    return ExperimentConfig(
+        name=name, task=task,
+        model=ModelConfig(name=model_name, output_stride=16, spans=spans),
+        data=DataConfig(dataset="tfrecord", train_file_pattern=f"{folder}/train-*.tfrecord",
+                        eval_file_pattern=f"{folder}/val-*.tfrecord", crop_size=crop,
+                        min_scale=0.5, max_scale=2.0, batch_size=batch_size,
+                        eval_batch_size=eval_batch),
+        optimizer=OptimizerConfig(name="radam_lookahead", learning_rate=1e-3,
+                                  warmup_steps=2000, schedule="polynomial", decay_power=0.9,
+                                  weight_decay=0.0),
+        trainer=TrainerConfig(train_steps=train_steps, steps_per_loop=100,
+                              checkpoint_interval=1000, summary_interval=100,
+                              eval_interval=5000, best_metric="pq"),
+    )
+
+
+# COCO: 641x641 crops, batch 64, 200k steps; global attention fits 641 px.
+for _size in ("s", "m", "l"):
+    register(_paper_panoptic(f"coco_panoptic_axial_deeplab_{_size}", f"axial_deeplab_{_size}",
+                             "coco", 64, 200_000, (641, 641), ()))
+# Cityscapes: 1025x2049 crops, batch 32, 60k steps; span 65 past the stem (PAPER.md).
+for _size in ("l", "xl"):
+    register(_paper_panoptic(f"cityscapes_panoptic_axial_deeplab_{_size}",
+                             f"axial_deeplab_{_size}", "cityscapes", 32, 60_000, (1025, 2049),
+                             (None, 65, 65, 65, 65)))
