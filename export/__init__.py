@@ -1,4 +1,14 @@
-"""Export of axial_keras models: SavedModel for TF Serving, LiteRT .tflite and ONNX.
+r"""Export of axial_keras panoptic models: SavedModel for TF Serving, LiteRT .tflite and ONNX.
 
-The exporters land with their own issue; this package exists so the layout and imports are fixed.
+    python -m export.saved_model --experiment=NAME [--checkpoint=PATH] --output_dir=DIR
+    python -m export.tflite --saved_model_dir=DIR --output=FILE \
+        --quantization=none|float16|dynamic|int8
+    python -m export.onnx --saved_model_dir=DIR --output=FILE
+    python -m export.predict --model=DIR|FILE.tflite|FILE.onnx --output_dir=OUT IMAGE...
+    python export/rest_api.py --saved_model_dir=DIR < requests.jsonl   (TensorFlow only)
+
+Modules: `serving` (the graph all formats share), `saved_model`, `tflite`, `onnx` (the
+exporters), `weights` (checkpoint loading), `metadata` (what each file carries),
+`images` (fitting images to a fixed input), `runtime` (one runner per format),
+`predict` (pictures from image files) and `rest_api` (TF Serving's REST API in-process).
 """

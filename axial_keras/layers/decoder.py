@@ -95,12 +95,24 @@ class PanopticDecoder(keras.layers.Layer):
                     dtype=self.dtype_policy)
         self.projection = ConvNormAct(projection_channels, 1, activation="relu",
                                       name="projection", **norm)
-        self.low_level_convs = [
-            ConvNormAct(c, 1, activation="relu", name=f"low_level_conv{i + 1}", **norm)
-            for i, c in enumerate(self.low_level_channels)]
-        self.fusion_convs = [
-            SeparableConvNormAct(decoder_channels, 5, name=f"fusion_conv{i + 1}", **norm)
-            for i in range(len(self.low_level_channels))]
+        # One attribute per sub-layer: TensorFlow checkpoints (tf.train.Checkpoint) do not
+        # see layers held in Python lists, and would silently skip their variables.
+        for i, c in enumerate(self.low_level_channels):
+            setattr(self, f"low_level_conv{i + 1}",
+                    ConvNormAct(c, 1, activation="relu", name=f"low_level_conv{i + 1}", **norm))
+            setattr(self, f"fusion_conv{i + 1}",
+                    SeparableConvNormAct(decoder_channels, 5, name=f"fusion_conv{i + 1}", **norm))
+
+    @property
+    def low_level_convs(self) -> list:
+        """The 1x1 projections of the low-level features, highest level first."""
+        return [getattr(self, f"low_level_conv{i + 1}")
+                for i in range(len(self.low_level_channels))]
+
+    @property
+    def fusion_convs(self) -> list:
+        """The separable convolutions fusing each upsampled level with its low-level feature."""
+        return [getattr(self, f"fusion_conv{i + 1}") for i in range(len(self.low_level_channels))]
 
     def build(self, input_shapes):
         if len(input_shapes) != len(self.low_level_channels) + 1:

@@ -1,0 +1,264 @@
+"""The serving graph every exported format shares: decoding, padding, model, post-processing.
+
+Two entry points, both batched and both with the post-processor inside the graph:
+
+- `serve_encoded(model, post, images)`: `images` is a `[batch]` `tf.string` of encoded
+  PNG, JPEG, BMP or GIF (first frame) files, decoded to RGB. A batch of mixed sizes is
+  padded bottom/right to the largest height and width with mid-grey (127.5, the value
+  the model pads with itself); `image_size` says each image's own `(height, width)` and
+  everything outside it is void. Each image is post-processed on its own region only.
+- `serve_pixels(model, post, images)`: `images` is `uint8 [batch, height, width, 3]`. No
+  decoding and no `tf.cond`/`tf.map_fn`, so it converts to LiteRT builtins and ONNX.
+
+Both return the dict `OUTPUT_KEYS` names:
+
+- `panoptic` int32 `[B, H, W]`: `class * label_divisor + instance` (void:
+  `ignore_label * label_divisor`).
+- `semantic` int32 `[B, H, W]`: the class (void: `ignore_label`).
+- `instance` int32 `[B, H, W]`: instance id, 1-based per image (0 for stuff and void).
+- `instance_scores` float32 `[B, H, W]`: centre score of each pixel's instance (0 elsewhere).
+- `semantic_probability` float32 `[B, H, W]`: softmax probability of the most likely class
+  at each pixel (the class `argmax` of the logits picks; one number per pixel keeps the
+  response small for 133 COCO classes). 0 outside an image's own region.
+- `image_size` int32 `[B, 2]`: each image's `(height, width)`; crop `[:h, :w]`.
+
+Bad input raises `tf.errors.InvalidArgumentError` whose message starts with `images[i]`
+and names the problem: an empty string, a file that is not PNG/JPEG/BMP/GIF, a header
+too short to hold its size, a zero-size image; corrupt data fails in the decoder with its
+own message (e.g. "Invalid PNG data", "jpeg::Uncompress failed").
+"""
+
+import contextlib
+from typing import Dict, Iterator
+
+import tensorflow as tf
+from keras.src.backend.tensorflow import core as keras_tf_core
+from keras.src.backend.tensorflow import numpy as keras_tf_numpy
+
+from axial_keras.panoptic import PanopticPostProcessor
+
+OUTPUT_KEYS = ("panoptic", "semantic", "instance", "instance_scores", "semantic_probability",
+               "image_size")
+POST_PROCESSING_KEYS = ("panoptic", "semantic", "instance", "instance_scores")
+PAD_VALUE = 127.5
+# Every op after the network is created in this name scope, so that quantization can
+# leave post-processing in float (`export.tflite`).
+POST_PROCESSING_SCOPE = "post_processing"
+IMAGE_FORMATS = "PNG, JPEG, BMP or GIF"
+
+# File signatures; the header fields that hold the size, and the bytes needed to read them.
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+_BMP = b"BM"
+_GIF = (b"GIF87a", b"GIF89a")
+_HEADER_BYTES = {"png": 24, "bmp": 26, "gif": 10}
+
+
+@contextlib.contextmanager
+def portable_tracing() -> Iterator[None]:
+    """Traces `PanopticPostProcessor` into ops every converter and runtime handles.
+
+    Two Keras 3 (3.15) TensorFlow-backend lowerings are replaced while exported functions
+    are traced, and restored on exit:
+
+    - float `argmax` tests the sign bit (Keras' flush-to-zero fix for -0.0) with
+      `tf.bitcast` + `tf.bitwise.bitwise_and`: LiteRT has no builtin for the AND, tf2onnx
+      none for the bitcast. `x < 0 or (x == 0 and 1 / x < 0)` is the same predicate for
+      every non-NaN float (1 / -0.0 = -inf).
+    - `fori_loop` with Python-int bounds (the post-processor's loop over its
+      `keep_k_centers` centres) is unrolled instead of becoming a `tf.while_loop`: TF
+      2.21's int8 quantizer crashes on a float WHILE loop. Same ops, same order.
+
+    Loops with a tensor trip count are left as they are (TF and float LiteRT/ONNX run
+    them; int8 LiteRT conversion then fails).
+    """
+    original_signbit = keras_tf_numpy.signbit
+    original_fori_loop = keras_tf_core.fori_loop
+
+    def signbit(x):
+        x = tf.convert_to_tensor(x)
+        if not x.dtype.is_floating:
+            return original_signbit(x)
+        negative_zero = tf.logical_and(tf.equal(x, 0.0), tf.math.reciprocal(x) < 0.0)
+        return tf.logical_or(x < 0.0, negative_zero)
+
+    def fori_loop(lower, upper, body_fun, init_val):
+        if not (isinstance(lower, int) and isinstance(upper, int)):
+            return original_fori_loop(lower, upper, body_fun, init_val)
+        value = init_val
+        for i in range(lower, upper):
+            value = body_fun(tf.constant(i, tf.int32), value)
+        return value
+
+    keras_tf_numpy.signbit, keras_tf_core.fori_loop = signbit, fori_loop
+    try:
+        yield
+    finally:
+        keras_tf_numpy.signbit, keras_tf_core.fori_loop = original_signbit, original_fori_loop
+
+
+def _starts_with(data: tf.Tensor, prefix: bytes) -> tf.Tensor:
+    return tf.equal(tf.strings.substr(data, 0, len(prefix)), prefix)
+
+
+def _header_ints(data: tf.Tensor, start: int, count: int, width: int,
+                 big_endian: bool) -> tf.Tensor:
+    """`count` unsigned ints of `width` bytes from byte `start` (zero-padded past the end)."""
+    padded = tf.strings.join([data, tf.constant(b"\0" * 32)])
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, start, count * width), tf.uint8),
+                  tf.int64)
+    raw = tf.reshape(raw, [count, width])
+    weights = [256 ** (width - 1 - i) if big_endian else 256 ** i for i in range(width)]
+    return tf.reduce_sum(raw * tf.constant(weights, tf.int64)[None, :], axis=1)
+
+
+def _header_size(data: tf.Tensor, is_png, is_bmp) -> tf.Tensor:
+    """`(height, width)` declared in a PNG, BMP or GIF header (int64 [2])."""
+    png = _header_ints(data, 16, 2, 4, big_endian=True)[::-1]
+    bmp = _header_ints(data, 18, 2, 4, big_endian=False)[::-1]
+    bmp = tf.where(bmp >= 2 ** 31, 2 ** 32 - bmp, bmp)  # Negative height: top-down rows.
+    gif = _header_ints(data, 6, 2, 2, big_endian=False)[::-1]
+    return tf.where(is_png, png, tf.where(is_bmp, bmp, gif))
+
+
+def _check(condition: tf.Tensor, index: tf.Tensor, problem: str) -> tf.Operation:
+    """An assertion whose InvalidArgumentError reads `images[index] <problem>`."""
+    return tf.debugging.Assert(
+        condition, [tf.strings.format("images[{}] " + problem, index)], summarize=1)
+
+
+def decode_image(data: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """Decodes one encoded image to RGB after checking it names a known, non-empty format.
+
+    Args:
+        data: scalar `tf.string`, the file's bytes.
+        index: scalar int32, the image's position in the request (for messages).
+
+    Returns:
+        uint8 `[height, width, 3]`.
+    """
+    length = tf.strings.length(data)
+    is_png, is_jpeg, is_bmp = (_starts_with(data, _PNG), _starts_with(data, _JPEG),
+                               _starts_with(data, _BMP))
+    is_gif = tf.logical_or(_starts_with(data, _GIF[0]), _starts_with(data, _GIF[1]))
+    known = tf.reduce_any(tf.stack([is_png, is_jpeg, is_bmp, is_gif]))
+    header_bytes = tf.where(is_png, _HEADER_BYTES["png"],
+                            tf.where(is_bmp, _HEADER_BYTES["bmp"], _HEADER_BYTES["gif"]))
+    size = _header_size(data, is_png, is_bmp)
+    empty = _check(length > 0, index, "is an empty string, not an encoded image.")
+    with tf.control_dependencies([empty]):
+        kind = _check(known, index, "is not an image file: its first bytes are not a "
+                      f"{IMAGE_FORMATS} signature.")
+    with tf.control_dependencies([kind]):
+        header = _check(tf.logical_or(is_jpeg, length >= header_bytes), index,
+                        "is truncated: the file ends inside its header.")
+    with tf.control_dependencies([header]):
+        declared = _check(tf.logical_or(is_jpeg, tf.reduce_all(size > 0)), index,
+                          "is a zero-size image: its header declares zero height or width.")
+    with tf.control_dependencies([declared]):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    decoded = _check(tf.reduce_all(tf.shape(image)[:2] > 0), index,
+                     "is a zero-size image: it decodes to zero height or width.")
+    with tf.control_dependencies([decoded]):
+        return tf.ensure_shape(tf.identity(image), [None, None, 3])
+
+
+def decode_images(images: tf.Tensor):
+    """Decodes a batch of encoded images and pads them to one size.
+
+    Args:
+        images: `tf.string [batch]`.
+
+    Returns:
+        `(pixels, image_size)`: float32 `[batch, height, width, 3]` in [0, 255], padded
+        bottom/right with `PAD_VALUE` to the largest height and width, and int32
+        `[batch, 2]` each image's own `(height, width)`.
+    """
+    count = tf.shape(images)[0]
+    nonempty = tf.debugging.Assert(count > 0, ["images holds no images: send at least one."])
+    with tf.control_dependencies([nonempty]):
+        indices = tf.range(count)
+
+    def decode(args):
+        data, index = args
+        image = decode_image(data, index)
+        return tf.RaggedTensor.from_tensor(image), tf.shape(image)[:2]
+
+    ragged, sizes = tf.map_fn(
+        decode, (images, indices),
+        fn_output_signature=(tf.RaggedTensorSpec([None, None, 3], tf.uint8, ragged_rank=1),
+                             tf.TensorSpec([2], tf.int32)))
+    pixels = tf.cast(ragged, tf.float32).to_tensor(default_value=PAD_VALUE)
+    return tf.ensure_shape(pixels, [None, None, None, 3]), sizes
+
+
+def _probability(logits: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_max(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), axis=-1)
+
+
+def _post_process(post: PanopticPostProcessor, outputs: Dict) -> Dict[str, tf.Tensor]:
+    result = post(outputs)
+    return {key: result[key] for key in POST_PROCESSING_KEYS}
+
+
+def _void_values(post: PanopticPostProcessor) -> Dict:
+    """The value each output takes outside an image's own region."""
+    return {"panoptic": post.ignore_label * post.label_divisor, "semantic": post.ignore_label,
+            "instance": 0, "instance_scores": 0.0, "semantic_probability": 0.0}
+
+
+def _post_process_each(post: PanopticPostProcessor, outputs: Dict, probability: tf.Tensor,
+                       sizes: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Post-processes every image on its own `image_size` region, void elsewhere."""
+    shape = tf.shape(probability)
+    void = _void_values(post)
+    keys = POST_PROCESSING_KEYS + ("semantic_probability",)
+
+    def one(index):
+        height, width = sizes[index, 0], sizes[index, 1]
+        crop = {key: value[index:index + 1, :height, :width] for key, value in outputs.items()}
+        result = _post_process(post, crop)
+        result["semantic_probability"] = probability[index:index + 1, :height, :width]
+        paddings = [[0, shape[1] - height], [0, shape[2] - width]]
+        return tuple(tf.pad(result[key][0], paddings, constant_values=void[key]) for key in keys)
+
+    signature = tuple(tf.TensorSpec([None, None], tf.float32 if key in (
+        "instance_scores", "semantic_probability") else tf.int32) for key in keys)
+    maps = tf.map_fn(one, tf.range(shape[0]), fn_output_signature=signature)
+    return dict(zip(keys, maps))
+
+
+def serve_encoded(model, post: PanopticPostProcessor, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """`serving_default`: encoded images `tf.string [batch]` -> the `OUTPUT_KEYS` dict.
+
+    A batch whose images share one size is post-processed as a batch; a mixed batch
+    image by image on each image's own region (results never depend on batch mates'
+    sizes through post-processing; the network itself sees the mid-grey padding).
+    """
+    pixels, sizes = decode_images(images)
+    outputs = model(pixels, training=False)
+    with tf.name_scope(POST_PROCESSING_SCOPE):
+        probability = _probability(outputs["semantic_logits"])
+        shape = tf.shape(pixels)
+        same_size = tf.reduce_all(tf.equal(sizes, shape[1:3][None, :]))
+
+        def batched():
+            result = _post_process(post, outputs)
+            result["semantic_probability"] = probability
+            return result
+
+        result = tf.cond(same_size, batched,
+                         lambda: _post_process_each(post, outputs, probability, sizes))
+        result["image_size"] = sizes
+        return {key: tf.identity(result[key], name=key) for key in OUTPUT_KEYS}
+
+
+def serve_pixels(model, post: PanopticPostProcessor, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """`serving_uint8`: `uint8 [batch, height, width, 3]` -> the `OUTPUT_KEYS` dict."""
+    outputs = model(tf.cast(images, tf.float32), training=False)
+    with tf.name_scope(POST_PROCESSING_SCOPE):
+        result = _post_process(post, outputs)
+        result["semantic_probability"] = _probability(outputs["semantic_logits"])
+        shape = tf.shape(images)
+        result["image_size"] = tf.tile(shape[1:3][None, :], [shape[0], 1])
+        return {key: tf.identity(result[key], name=key) for key in OUTPUT_KEYS}

@@ -1,0 +1,318 @@
+"""Export: the SavedModel's contract (signatures, mixed sizes, bad input), serving it the way
+TF Serving does from a TF-only process, LiteRT (float32 parity, int8) and ONNX parity, the
+predict tool, and loading weights from .keras / .weights.h5 / TF checkpoints.
+
+One model and one SavedModel serve the whole module: fresh weights (seeded) of the
+digits_panoptic experiment, with the centre threshold set from the model's own heatmap so
+that every image has several instances and the parity checks compare real panoptic maps.
+"""
+
+import base64
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from axial_keras.data import generate_digits_panoptic
+from axial_keras.panoptic import write_png
+from export import images as export_images
+from export import onnx as export_onnx
+from export import predict, rest_api, saved_model, tflite, weights
+from export.metadata import read_saved_model_metadata, read_tflite_metadata
+from export.runtime import load_exported
+from trainer.experiments import build_model, get_experiment, save_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 64
+AGREEMENT = 0.999
+
+
+def _png(image: np.ndarray) -> bytes:
+    return tf.io.encode_png(image).numpy()
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(
+        ">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def _zero_size_png() -> bytes:
+    """A well-formed PNG whose header declares 0 x 0 pixels."""
+    header = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b""))
+            + _chunk(b"IEND", b""))
+
+
+def b64(data: bytes) -> dict:
+    """A REST API binary value."""
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def _bmp(image: np.ndarray) -> bytes:
+    """A 24-bit bottom-up BMP (lossless, unlike JPEG)."""
+    height, width = image.shape[:2]
+    row = (width * 3 + 3) // 4 * 4
+    pixels = b"".join(image[y, :, ::-1].tobytes().ljust(row, b"\0")
+                      for y in range(height - 1, -1, -1))
+    return (b"BM" + struct.pack("<IHHI", 54 + len(pixels), 0, 0, 54)
+            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(pixels), 2835, 2835,
+                          0, 0) + pixels)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return generate_digits_panoptic(8, "test", SIZE, seed=1)[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, images):
+    """(config, .weights.h5 path, SavedModel dir, SavedModel runner)."""
+    root = tmp_path_factory.mktemp("export")
+    config = get_experiment("digits_panoptic")
+    keras.utils.set_random_seed(config.trainer.seed)
+    model = build_model(config)
+    heat = np.asarray(model(images.astype("float32"))["center_heatmap"])
+    threshold = float(np.quantile(heat, 0.9))
+    config = get_experiment("digits_panoptic", [f"task.center_threshold={threshold}"])
+    checkpoint = str(root / "model.weights.h5")
+    model.save_weights(checkpoint)
+    directory = str(root / "saved_model" / "1")
+    saved_model.export_saved_model(config, directory, checkpoint)
+    return config, checkpoint, directory, load_exported(directory)
+
+
+@pytest.fixture(scope="module")
+def reference(exported, images):
+    """The SavedModel's uint8-signature outputs on `images`."""
+    return exported[3](images)
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a == b))
+
+
+def test_saved_model_serves_encoded_and_uint8_batches_identically(exported, images, reference):
+    runner = exported[3]
+    assert set(runner.model.signatures) == {"serving_default", "serving_uint8"}
+    encoded = runner.encoded([_png(image) for image in images])
+    for key in ("panoptic", "semantic", "instance", "instance_scores", "semantic_probability"):
+        assert encoded[key].shape == (len(images), SIZE, SIZE)
+        np.testing.assert_array_equal(encoded[key], reference[key])
+    np.testing.assert_array_equal(encoded["image_size"], [[SIZE, SIZE]] * len(images))
+    # The maps are not trivial: several classes and instances per image.
+    assert len(np.unique(reference["semantic"])) >= 3
+    assert all(len(np.unique(instance)) >= 3 for instance in reference["instance"])
+    divisor = exported[0].task.label_divisor
+    np.testing.assert_array_equal(reference["instance"], reference["panoptic"] % divisor)
+    probability = reference["semantic_probability"]
+    assert np.all((probability > 0) & (probability <= 1))
+
+
+def test_mixed_sizes_are_padded_and_each_image_keeps_its_own_result(exported, images):
+    runner = exported[3]
+    small = images[1][:60, :50]  # Pads to 65 x 65 like the 64 x 64 image: same network input.
+    together = runner.encoded([_png(images[0]), _bmp(small)])
+    alone = runner.encoded([_bmp(small)])
+    np.testing.assert_array_equal(together["image_size"], [[64, 64], [60, 50]])
+    for key in ("panoptic", "semantic", "instance", "semantic_probability"):
+        np.testing.assert_array_equal(together[key][1, :60, :50], alone[key][0])
+    config = exported[0]
+    void = config.task.ignore_label * config.task.label_divisor
+    assert np.all(together["panoptic"][1, 60:] == void)
+    assert np.all(together["panoptic"][1, :, 50:] == void)
+    assert np.all(together["semantic"][1, :, 50:] == config.task.ignore_label)
+    assert np.all(together["semantic_probability"][1, :, 50:] == 0)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "images[1] is an empty string"),
+    (b"%PDF-1.4 not an image", "images[1] is not an image file"),
+    (b"\x89PNG\r\n\x1a\n\0\0", "images[1] is truncated"),
+    (_zero_size_png(), "images[1] is a zero-size image"),
+    (_png(np.full((16, 16, 3), 7, np.uint8))[:-16], "Invalid PNG"),
+], ids=["empty", "not_an_image", "truncated_header", "zero_size", "corrupt"])
+def test_bad_images_raise_invalid_argument_naming_the_problem(exported, images, data, message):
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        exported[3].encoded([_png(images[0]), data])
+    assert message in rest_api.error_message(error.value)
+
+
+def test_an_empty_request_is_an_invalid_argument(exported):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds no images"):
+        exported[3].model.signatures["serving_default"](images=tf.constant([], tf.string))
+
+
+def test_tf_only_process_answers_rest_requests_and_survives_bad_ones(exported, images,
+                                                                      reference, tmp_path):
+    """TF Serving's REST payloads, answered by a process that can import only TensorFlow."""
+    script = tmp_path / "rest_api.py"
+    shutil.copy(os.path.join(REPO, "export", "rest_api.py"), script)
+    requests = [
+        {"instances": [b64(_png(images[0])), b64(_png(images[1]))]},
+        {"instances": [b64(_png(images[0])), b64(_png(images[0])[:60])]},
+        {"inputs": [b64(b"")]},
+        {"inputs": {"images": [b64(_zero_size_png())]}},
+        {"instances": [{"images": b64(b"GIF is what this is not")}]},
+        {"signature_name": "serving_uint8", "inputs": [[1, 2, 3]]},
+        {"signature_name": "serving_uint8", "inputs": images[2:3].tolist()},
+        {"inputs": [b64(_png(images[2]))]},
+    ]
+    body = "".join(json.dumps(request) + "\n" for request in requests)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    process = subprocess.run(
+        [sys.executable, "-X", "importtime", str(script), "--saved_model_dir", exported[2]],
+        input=body, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in process.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "tensorflow" in imported
+    assert not {name for name in imported
+                if name.split(".")[0] in ("axial_keras", "trainer", "export")}
+    responses = [json.loads(line) for line in process.stdout.splitlines()]
+    assert len(responses) == len(requests)
+    first = responses[0]["predictions"]
+    for i in range(2):
+        np.testing.assert_array_equal(first[i]["panoptic"], reference["panoptic"][i])
+        assert first[i]["image_size"] == [SIZE, SIZE]
+    errors = [response.get("error", "") for response in responses[1:6]]
+    assert all(response.get("type") == "InvalidArgumentError" for response in responses[1:6])
+    assert "PNG" in errors[0]
+    assert errors[1].startswith("images[0] is an empty string")
+    assert errors[2].startswith("images[0] is a zero-size image")
+    assert errors[3].startswith("images[0] is not an image file")
+    assert errors[4] == ("Input 'images' has shape [1, 3]; the signature takes "
+                         "[None, None, None, 3].")
+    for response in responses[6:]:
+        np.testing.assert_array_equal(response["outputs"]["panoptic"], reference["panoptic"][2:3])
+
+
+def test_tflite_float32_is_builtin_only_and_matches_the_saved_model(exported, images, reference,
+                                                                    tmp_path):
+    path = tflite.write_tflite(exported[2], str(tmp_path / "model.tflite"))
+    with open(path, "rb") as f:
+        content = f.read()
+    assert not [op for op in tflite.operator_names(content) if op.startswith("CUSTOM")]
+    metadata = read_tflite_metadata(content)
+    assert (metadata.input_size, metadata.batch_size) == ((SIZE, SIZE), 1)
+    assert metadata.quantization == "none"
+    runner = load_exported(path)
+    details = runner.runner.get_input_details()["images"]
+    assert details["dtype"] == np.uint8 and list(details["shape"]) == [1, SIZE, SIZE, 3]
+    assert set(runner.runner.get_output_details()) == set(reference)
+    outputs = runner(images)
+    assert _agreement(outputs["panoptic"], reference["panoptic"]) >= AGREEMENT
+    assert _agreement(outputs["semantic"], reference["semantic"]) >= AGREEMENT
+    np.testing.assert_allclose(outputs["semantic_probability"],
+                               reference["semantic_probability"], atol=1e-4)
+
+
+def test_tflite_int8_runs_and_gives_valid_panoptic_ids(exported, images, reference, tmp_path):
+    config = exported[0]
+    calibration = [export_images.fit_image(image, (SIZE, SIZE))[0] for image in
+                   generate_digits_panoptic(8, "train", SIZE, seed=0)[0]]
+    content = tflite.convert(exported[2], "int8", representative_images=calibration)
+    assert not [op for op in tflite.operator_names(content) if op.startswith("CUSTOM")]
+    assert "QUANTIZE" in tflite.operator_names(content)
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(content)
+    float32_bytes = 4 * sum(int(np.prod(shape)) for _, shape in tf.train.list_variables(
+        os.path.join(exported[2], "variables", "variables")))
+    assert os.path.getsize(path) < 0.5 * float32_bytes
+    outputs = load_exported(str(path))(images)
+    task = config.task
+    classes = outputs["panoptic"] // task.label_divisor
+    assert np.all((classes < task.num_classes) | (classes == task.ignore_label))
+    assert np.all(outputs["panoptic"] % task.label_divisor <= task.keep_k_centers)
+    assert np.all((outputs["semantic_probability"] > 0) & (outputs["semantic_probability"] <= 1))
+    # Agreement is measured, not tested: these fresh weights give near-tied logits
+    # (benchmarks/export_formats.py measures a trained model).
+    print(f"int8 agreement with the SavedModel: semantic "
+          f"{_agreement(outputs['semantic'], reference['semantic']):.4f}, panoptic "
+          f"{_agreement(outputs['panoptic'], reference['panoptic']):.4f}")
+
+
+def test_onnx_matches_the_saved_model(exported, images, reference, tmp_path):
+    path = export_onnx.write_onnx(exported[2], str(tmp_path / "model.onnx"))
+    runner = load_exported(path)
+    assert runner.metadata.format == "onnx" and runner.input_size == (SIZE, SIZE)
+    outputs = runner(images)
+    assert _agreement(outputs["panoptic"], reference["panoptic"]) >= AGREEMENT
+    assert _agreement(outputs["semantic"], reference["semantic"]) >= AGREEMENT
+
+
+def test_predict_writes_pictures_and_segments(exported, images, tmp_path):
+    image_path = str(tmp_path / "scene.png")
+    write_png(image_path, images[3][:50])
+    runner = exported[3]
+    result = predict.predict_file(runner, image_path)
+    assert result["panoptic"].shape == (50, SIZE)
+    paths, found = predict.write_outputs(str(tmp_path), "scene", result, runner.metadata)
+    assert all(os.path.getsize(path) > 0 for path in paths)
+    assert export_images.read_image(paths[1]).shape == (50, 2 * SIZE + 2, 3)
+    with open(paths[2]) as f:
+        assert json.load(f) == found
+    assert sum(segment["area"] for segment in found) == int(np.sum(
+        result["panoptic"] // runner.metadata.label_divisor != runner.metadata.ignore_label))
+
+
+def test_fit_image_pads_small_and_shrinks_large_images():
+    image = np.random.RandomState(0).randint(0, 255, (30, 20, 3)).astype(np.uint8)
+    frame, content = export_images.fit_image(image, (64, 64))
+    assert content == (30, 20)
+    np.testing.assert_array_equal(frame[:30, :20], image)
+    assert np.all(frame[30:] == export_images.PAD_PIXEL)
+    frame, content = export_images.fit_image(np.zeros((128, 64, 3), np.uint8), (64, 64))
+    assert content == (64, 32) and frame.shape == (64, 64, 3)
+    ids = np.arange(64 * 32).reshape(64, 32)
+    back = export_images.unfit_map(np.pad(ids, ((0, 0), (0, 32))), content, (128, 64))
+    assert back.shape == (128, 64)
+    np.testing.assert_array_equal(back[::2, ::2], ids)
+
+
+def test_weights_load_from_keras_files_and_tf_checkpoints(exported, images, tmp_path):
+    config, checkpoint = exported[0], exported[1]
+    source = build_model(config)
+    source.load_weights(checkpoint)
+    expected = np.asarray(source(images[:1].astype("float32"))["semantic_logits"])
+    source.save(str(tmp_path / "model.keras"))
+    for path in (checkpoint, str(tmp_path / "model.keras")):
+        target = build_model(config)
+        assert weights.load_weights(target, path) == path
+        np.testing.assert_array_equal(
+            np.asarray(target(images[:1].astype("float32"))["semantic_logits"]), expected)
+    optimizer = keras.optimizers.AdamW()
+    optimizer.build(source.trainable_variables)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=source, optimizer=optimizer), str(tmp_path / "ckpt"), 1)
+    prefix = manager.save(checkpoint_number=300)
+    target = build_model(config)
+    if weights.untracked_variables(target):
+        # Variables TF checkpoints cannot hold must stop the export, never be left random.
+        with pytest.raises(ValueError, match="outside TensorFlow's object graph"):
+            weights.load_weights(target, str(tmp_path / "ckpt"))
+    else:
+        assert weights.load_weights(target, str(tmp_path / "ckpt")) == prefix
+        np.testing.assert_array_equal(
+            np.asarray(target(images[:1].astype("float32"))["semantic_logits"]), expected)
+    with pytest.raises(FileNotFoundError):
+        weights.load_weights(target, str(tmp_path / "missing.keras"))
+
+
+def test_export_metadata_and_config_from_a_model_dir(exported, tmp_path):
+    config, checkpoint, directory = exported[:3]
+    metadata = read_saved_model_metadata(directory)
+    assert metadata.experiment == "digits_panoptic" and metadata.checkpoint == checkpoint
+    assert metadata.post_processing["center_threshold"] == config.task.center_threshold
+    assert metadata.default_input_size() == (64, 64)
+    save_config(config, str(tmp_path))
+    assert saved_model.config_from_flags(None, [], str(tmp_path)) == config
+    with pytest.raises(ValueError, match="--experiment"):
+        saved_model.config_from_flags(None, [], None)
