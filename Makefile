@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 # Creates .venv if missing and installs runtime + dev dependencies; reruns when a requirements file changes.
 $(STAMP): requirements.txt requirements-orbit.txt requirements-dev.txt
@@ -15,11 +15,20 @@ $(STAMP): requirements.txt requirements-orbit.txt requirements-dev.txt
 
 install: $(STAMP)
 
+# The main job: train + evaluate digits_panoptic with the Orbit trainer, export the trained
+# model as a SavedModel, and predict one held-out scene with the exported model.
+DEMO_DIR := demo_output
 demo: $(STAMP)
-	$(BIN)/python -m axial_keras.demo
+	rm -rf $(DEMO_DIR)/digits_panoptic $(DEMO_DIR)/saved_model $(DEMO_DIR)/predictions
+	$(BIN)/python -m trainer.train --experiment=digits_panoptic --model_dir=$(DEMO_DIR)/digits_panoptic --mode=train_and_eval
+	$(BIN)/python -m export.saved_model --checkpoint=$(DEMO_DIR)/digits_panoptic --output_dir=$(DEMO_DIR)/saved_model/1
+	$(BIN)/python -m export.predict --model=$(DEMO_DIR)/saved_model/1 --output_dir=$(DEMO_DIR)/predictions docs/digits_panoptic_scene.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV)

@@ -73,6 +73,8 @@ class ModelConfig:
             keeps the registry default.
         input_size: classification only: the fixed [height, width] of the input.
         input_channels: classification only: input channels.
+        synchronized_bn: batch statistics all-reduced across replicas; None turns it on
+            whenever training runs on more than one replica.
     """
 
     name: str = "axial_deeplab_tiny"
@@ -81,6 +83,7 @@ class ModelConfig:
     spans: Tuple[Optional[int], ...] = ()
     input_size: Tuple[int, ...] = ()
     input_channels: int = 3
+    synchronized_bn: Optional[bool] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,19 +331,28 @@ def load_config(path: str) -> ExperimentConfig:
         return from_dict(json.load(f))
 
 
-def build_model(config: ExperimentConfig):
+def build_model(config: ExperimentConfig, num_replicas: int = 1):
     """The Keras model `config.model` describes, sized by `config.task`.
 
     Panoptic models take `[B, H, W, 3]` RGB in [0, 255]; classifiers take
     `config.model.input_size` with `input_channels` channels.
+
+    Args:
+        config: the experiment.
+        num_replicas: replicas the model trains on; with `model.synchronized_bn=None`,
+            more than one synchronizes batch norm across them.
     """
     from axial_keras.models.registry import get_model, get_spec
 
     task, model = config.task, config.model
-    overrides: Dict[str, Any] = {}
+    synchronized = (model.synchronized_bn if model.synchronized_bn is not None
+                    else num_replicas > 1)
+    overrides: Dict[str, Any] = {"synchronized_bn": True} if synchronized else {}
     if task.kind == "panoptic":
         backbone = dict(get_spec(model.name).kwargs.get("backbone", {}))
         backbone.update(_backbone_options(model))
+        if synchronized:
+            backbone["synchronized_bn"] = True
         overrides.update(num_classes=task.num_classes, thing_class_ids=task.thing_class_ids,
                          label_divisor=task.label_divisor, ignore_label=task.ignore_label,
                          backbone=backbone)
@@ -390,7 +402,7 @@ register(ExperimentConfig(
                     keep_k_centers=16, stuff_area_limit=16),
     model=ModelConfig(name="axial_deeplab_tiny"),
     data=DataConfig(dataset="digits_panoptic", num_train_examples=2400, num_eval_examples=200,
-                    image_size=64, crop_size=(64, 64), batch_size=16, eval_batch_size=32),
+                    image_size=64, crop_size=(64, 64), batch_size=16, eval_batch_size=40),
     optimizer=OptimizerConfig(name="adamw", learning_rate=4e-3, warmup_steps=105,
                               schedule="cosine", weight_decay=1e-4),
     trainer=TrainerConfig(train_steps=2100, steps_per_loop=50, checkpoint_interval=300,
