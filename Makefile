@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test clean
 
 # Creates .venv if missing and installs runtime + dev dependencies; reruns when a requirements file changes.
 $(STAMP): requirements.txt requirements-orbit.txt requirements-dev.txt
@@ -26,9 +26,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
-
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV)
