@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 # Creates .venv if missing and installs runtime + dev dependencies; reruns when a requirements file changes.
 $(STAMP): requirements.txt requirements-orbit.txt requirements-dev.txt
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Speed and memory figures (benchmarks/run.py): JSON, Markdown table and PNG in benchmarks/results/.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV)

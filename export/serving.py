@@ -35,6 +35,7 @@ import tensorflow as tf
 from keras.src.backend.tensorflow import core as keras_tf_core
 from keras.src.backend.tensorflow import numpy as keras_tf_numpy
 
+from axial_keras.control_flow import static_loops
 from axial_keras.panoptic import PanopticPostProcessor
 
 OUTPUT_KEYS = ("panoptic", "semantic", "instance", "instance_scores", "semantic_probability",
@@ -69,8 +70,8 @@ def portable_tracing() -> Iterator[None]:
       `keep_k_centers` centres) is unrolled instead of becoming a `tf.while_loop`: TF
       2.21's int8 quantizer crashes on a float WHILE loop. Same ops, same order.
 
-    Loops with a tensor trip count are left as they are (TF and float LiteRT/ONNX run
-    them; int8 LiteRT conversion then fails).
+    The model and post-processing are traced inside `axial_keras.control_flow.static_loops`,
+    so no loop with a tensor trip count (nor `ops.map`'s TensorList loop) reaches them.
     """
     original_signbit = keras_tf_numpy.signbit
     original_fori_loop = keras_tf_core.fori_loop
@@ -92,7 +93,8 @@ def portable_tracing() -> Iterator[None]:
 
     keras_tf_numpy.signbit, keras_tf_core.fori_loop = signbit, fori_loop
     try:
-        yield
+        with static_loops():
+            yield
     finally:
         keras_tf_numpy.signbit, keras_tf_core.fori_loop = original_signbit, original_fori_loop
 

@@ -145,6 +145,10 @@ def test_build_model_sizes_the_model_from_the_task():
     assert norms and all(layer.synchronized for layer in norms)
     forced_off = build_model(apply_overrides(config, ["model.synchronized_bn=false"]), 2)
     assert not forced_off.synchronized_bn
+    dropping = build_model(apply_overrides(config, ["model.drop_path_rate=0.1"]))
+    assert dropping.backbone_args["drop_path_rate"] == 0.1
+    assert any(layer.rate > 0 for layer in dropping._flatten_layers()
+               if type(layer).__name__ == "DropPath")
     classifier = build_model(get_experiment("digits_classification"))
     assert classifier.input_shape == (None, 32, 32, 1)
     assert classifier.output_shape == (None, 10)

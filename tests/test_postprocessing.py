@@ -127,3 +127,76 @@ def test_bad_arguments():
         PanopticPostProcessor(THINGS, DIVISOR, nms_kernel=4)
     with pytest.raises(ValueError, match="keep_k_centers"):
         PanopticPostProcessor(THINGS, 100, keep_k_centers=100)
+    with pytest.raises(ValueError, match="grouping_tile"):
+        PanopticPostProcessor(THINGS, DIVISOR, keep_k_centers=20, grouping_tile=0)
+
+
+def _brute_force_nearest(target_y, target_x, center_y, center_x, valid):
+    """Every pixel against every centre in index order, keeping a strictly smaller float32
+    squared distance (the grouping's definition); [B, H, W] int32."""
+    best = np.full(target_y.shape, np.inf, np.float32)
+    index = np.zeros(target_y.shape, np.int32)
+    for b in range(target_y.shape[0]):
+        for i in np.flatnonzero(valid[b]):
+            with np.errstate(invalid="ignore", over="ignore"):
+                d = (np.square(target_y[b] - np.float32(center_y[b, i]))
+                     + np.square(target_x[b] - np.float32(center_x[b, i])))
+                closer = d < best[b]
+            best[b] = np.where(closer, d, best[b])
+            index[b] = np.where(closer, i, index[b])
+    return index
+
+
+@pytest.mark.parametrize("tile", [1, 3, 16, 1000])
+@pytest.mark.parametrize("kind", ["smooth", "integer_ties", "wild", "non_finite"])
+def test_tiled_grouping_is_the_exact_nearest_centre(tile, kind):
+    rng = np.random.RandomState(11)
+    batch, height, width, k = 2, 37, 45, 30
+    yy, xx = np.mgrid[:height, :width].astype("float32")
+    center_y = rng.randint(0, height, size=(batch, k)).astype("int32")
+    center_x = rng.randint(0, width, size=(batch, k)).astype("int32")
+    center_x[:, 1] = center_x[:, 0] + 4  # equidistant pairs for the tie cases
+    center_y[:, 1] = center_y[:, 0]
+    valid = rng.uniform(size=(batch, k)) < 0.8
+    scale = {"smooth": 3.0, "integer_ties": 6.0, "wild": 60.0, "non_finite": 3.0}[kind]
+    offsets = rng.normal(scale=scale, size=(batch, height, width, 2)).astype("float32")
+    if kind == "integer_ties":
+        offsets = np.round(offsets)
+        offsets[:, 5:9, 5:9, 0] = center_y[:, None, None, 0] - yy[5:9, 5:9]
+        offsets[:, 5:9, 5:9, 1] = center_x[:, None, None, 0] + 2 - xx[5:9, 5:9]  # midpoint
+    if kind == "non_finite":
+        offsets[0, 2:6, 2:6] = np.nan
+        offsets[1, 10:12, :] = np.inf
+        offsets[1, 20, 20] = 1e25
+    target_y, target_x = yy + offsets[..., 0], xx + offsets[..., 1]
+    is_thing = rng.uniform(size=(batch, height, width)) < 0.6
+    post = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, keep_k_centers=k, grouping_tile=tile)
+    got = np.asarray(post.nearest_center(target_y, target_x, is_thing, center_y, center_x,
+                                         valid))
+    want = _brute_force_nearest(target_y, target_x, center_y, center_x, valid)
+    np.testing.assert_array_equal(got[is_thing], want[is_thing])
+
+
+@pytest.mark.parametrize("tile", [1, 8, 1000])
+def test_panoptic_maps_do_not_depend_on_the_grouping_tile(tile):
+    labels = np.stack([_scene(0), _scene(4)])
+    batch = _batch(labels)
+    rng = np.random.RandomState(12)
+    batch["center_offsets"] = batch["center_offsets"] + rng.normal(
+        scale=4.0, size=batch["center_offsets"].shape).astype("float32")
+    batch["center_heatmap"] = batch["center_heatmap"] + rng.uniform(
+        0, 0.3, size=batch["center_heatmap"].shape).astype("float32")
+    args = dict(nms_kernel=5, keep_k_centers=40, stuff_area_limit=30)
+    want = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, grouping_tile=32, **args)(batch)
+    got = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, grouping_tile=tile, **args)(batch)
+    for key in want:
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
+
+
+def test_separable_nms_pool_equals_the_square_pool():
+    heat = np.random.RandomState(13).uniform(size=(2, 19, 23)).astype("float32")
+    from axial_keras.panoptic.postprocessing import _max_pool_2d
+
+    want = np.asarray(keras.ops.max_pool(heat[..., None], pool_size=7, strides=1,
+                                         padding="same"))[..., 0]
+    np.testing.assert_array_equal(np.asarray(_max_pool_2d(heat, 7)), want)

@@ -1,19 +1,16 @@
 """Checkpoints: the rolling training checkpoints, the best-metric export, weight fingerprints.
 
 Training checkpoints (`model_dir/ckpt-STEP.*`, written by a `tf.train.CheckpointManager`)
-hold `model`, `weights` and `optimizer` (with its step counter, moments and Lookahead slow
-weights); TensorFlow writes each one to temporary files and renames them, and updates the
-`checkpoint` index last, so a run killed while saving resumes from the previous one.
+hold `model` and `optimizer` (with its step counter, moments and Lookahead slow weights);
+TensorFlow writes each one to temporary files and renames them, and updates the
+`checkpoint` index last, so a run killed while saving resumes from the previous one. Read
+the model with `tf.train.Checkpoint(model=model)` (as `export` does).
 
-`weights` maps every model variable's path to the variable (drop-path seed states
-included). `tf.train.Checkpoint` follows
-object attributes, and Keras 3 layers held in Python lists (the decoders' low-level and
-fusion convolutions) are not attributes it sees: `model` alone misses their batch-norm
-moving statistics (the trainable ones only travel through the optimizer). Read these
-checkpoints with `model_checkpoint(model)` (or `model_checkpoint(model, optimizer=...)`).
+`tf.train.Checkpoint` follows object attributes only: a Keras 3 layer kept in a Python
+list is invisible to it, and its variables would silently miss every checkpoint.
+`model_checkpoint` refuses such a model.
 
-`BestCheckpointExporter` keeps `model_dir/best/`: the model (`best/ckpt-STEP`, read it
-with `model_checkpoint(model)`)
+`BestCheckpointExporter` keeps `model_dir/best/`: the model (`best/ckpt-STEP`)
 of the evaluation with the best metric so far and `best/best.json` (metric, value, step,
 checkpoint, all metrics). The new checkpoint is complete before `best.json` is replaced
 (written to a temporary file, then renamed), and older weights are deleted only after
@@ -33,23 +30,27 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from export.weights import untracked_variables
+
 BEST_FILE = "best.json"
 
 
 def model_checkpoint(model, **extra) -> tf.train.Checkpoint:
-    """A `tf.train.Checkpoint` that saves and restores every variable of `model`.
+    """`tf.train.Checkpoint(model=model, **extra)`, checked to reach every model variable.
 
     Args:
         model: a Keras model.
         **extra: further objects to track (`optimizer=...`).
 
     Raises:
-        ValueError: when two model variables share a path.
+        ValueError: naming model variables that TensorFlow's object graph cannot reach.
     """
-    weights = {variable.path: variable for variable in model.variables}
-    if len(weights) != len(model.variables):
-        raise ValueError(f"Model {model.name} has variables with equal paths.")
-    return tf.train.Checkpoint(model=model, weights=weights, **extra)
+    missing = untracked_variables(model)
+    if missing:
+        raise ValueError(f"{len(missing)} variables of {model.name} are outside TensorFlow's "
+                         f"object graph (layers held in a Python list?), so checkpoints would "
+                         f"miss them: {', '.join(missing[:3])}.")
+    return tf.train.Checkpoint(model=model, **extra)
 
 
 def checkpoint_step(path: Optional[str]) -> Optional[int]:

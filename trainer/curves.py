@@ -4,7 +4,8 @@
 
 Left: the training loss and its terms against the step (log scale); right: the
 evaluation metrics (PQ, SQ, RQ, mIoU or accuracy). Reads the TensorBoard event files in
-`DIR/train` and `DIR/eval`; plotting needs matplotlib (not a runtime dependency).
+`DIR/train` and `DIR/eval`; plotting needs matplotlib (requirements-dev.txt, installed by
+`make install`).
 
 Example:
 >>> curves = read_scalars("demo_output/digits_panoptic/train")

@@ -22,7 +22,7 @@ temporary folders they delete at the end.
 import os
 import shutil
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from absl import app, flags, logging
 import keras
@@ -121,69 +121,33 @@ def run(config: ExperimentConfig, model_dir: str, mode: str = "train_and_eval",
     global_step = optimizer.iterations.value
     checkpoint = model_checkpoint(model, optimizer=optimizer)
     latest = tf.train.latest_checkpoint(model_dir)
-    trainer_config = config.trainer
-    training = mode in ("train", "train_and_eval")
-
-    trainer = Trainer(task, strategy, model, optimizer, learning_rate) if training else None
-    evaluator = Evaluator(task, strategy, model, global_step) if mode != "train" else None
-    manager = None
-    if training:
-        manager = tf.train.CheckpointManager(
-            checkpoint, out_dir, max_to_keep=trainer_config.max_checkpoints_to_keep,
-            step_counter=global_step, checkpoint_interval=trainer_config.checkpoint_interval,
-            init_fn=None if chief or latest is None else
-            lambda: checkpoint.restore(latest).expect_partial(),
-            # Checkpoints land on multiples of the interval, also for a fresh run.
-            last_checkpoint_step=checkpoint_step(latest) or 0)
-    elif mode == "eval":
+    if mode == "eval":
         if latest is None:
             raise ValueError(f"No checkpoint in {model_dir} to evaluate.")
         with strategy.scope():
             checkpoint.restore(latest).expect_partial()
-
-    train_actions, eval_actions = [], []
-    progress = ProgressLogger(global_step, trainer_config.train_steps)
+    training = mode in ("train", "train_and_eval")
+    trainer = Trainer(task, strategy, model, optimizer, learning_rate) if training else None
+    evaluator = Evaluator(task, strategy, model, global_step) if mode != "train" else None
+    progress = ProgressLogger(global_step, config.trainer.train_steps)
     watcher = PreemptionWatcher(strategy)
-    if training:
-        train_actions = [NonFiniteLossGuard(trainer, out_dir), progress, watcher]
-    if evaluator is not None:
-        eval_actions.append(BestCheckpointExporter(os.path.join(out_dir, "best"), model,
-                                                   global_step, trainer_config.best_metric))
-        if chief:
-            eval_actions.append(lambda output: write_json(
-                os.path.join(model_dir, "eval_results.json"),
-                {"step": int(global_step.numpy()), **{k: float(v) for k, v in output.items()}}))
-        eval_actions.append(progress.restart)
     controller = orbit.Controller(
         global_step=global_step, trainer=trainer, evaluator=evaluator, strategy=strategy,
-        train_actions=train_actions, eval_actions=eval_actions,
-        steps_per_loop=trainer_config.steps_per_loop, checkpoint_manager=manager,
-        summary_manager=IntervalSummaryManager(
-            os.path.join(model_dir, "train") if chief else None, global_step,
-            trainer_config.summary_interval, trainer_config.train_steps),
-        eval_summary_dir=os.path.join(model_dir, "eval"),
-        eval_summary_manager=orbit.utils.SummaryManager(
-            os.path.join(model_dir, "eval") if chief else None, tf.summary.scalar,
-            global_step=global_step))
+        train_actions=[NonFiniteLossGuard(trainer, out_dir), progress, watcher]
+        if training else None,
+        eval_actions=_eval_actions(config, model, global_step, model_dir, out_dir, chief,
+                                   progress) if evaluator else None,
+        steps_per_loop=config.trainer.steps_per_loop,
+        checkpoint_manager=_checkpoint_manager(config, checkpoint, global_step, out_dir,
+                                               latest, chief) if training else None,
+        **_summary_managers(config, global_step, model_dir, chief))
 
     start, output, preempted = time.time(), None, False
     if training:
         watcher.install()
     try:
-        if mode == "train":
-            controller.train(trainer_config.train_steps)
-        elif mode == "train_and_eval":
-            output = controller.train_and_evaluate(
-                trainer_config.train_steps, trainer_config.eval_steps,
-                trainer_config.eval_interval)
-            if output is None:  # Restored at the end of training: evaluate it again.
-                output = controller.evaluate(trainer_config.eval_steps)
-        elif mode == "eval":
-            output = controller.evaluate(trainer_config.eval_steps)
-        else:
-            output = _evaluate_continuously(controller, checkpoint, strategy, model_dir,
-                                            trainer_config.train_steps,
-                                            trainer_config.eval_steps, eval_timeout)
+        output = _run_mode(controller, mode, config, checkpoint, strategy, model_dir,
+                           eval_timeout)
     except PreemptedError:
         controller.save_checkpoint()
         preempted = True
@@ -203,6 +167,73 @@ def run(config: ExperimentConfig, model_dir: str, mode: str = "train_and_eval",
     return {"step": step, "eval": output, "preempted": preempted, "seconds": seconds,
             "steps_per_second": progress.average_steps_per_second,
             "fingerprint": fingerprint}
+
+
+def _checkpoint_manager(config: ExperimentConfig, checkpoint: tf.train.Checkpoint,
+                        global_step: tf.Variable, out_dir: str, latest: Optional[str],
+                        chief: bool) -> tf.train.CheckpointManager:
+    """Checkpoints every `trainer.checkpoint_interval` steps into `out_dir`.
+
+    The chief restores from its own folder (`model_dir`) when the controller starts;
+    other workers write to a temporary folder and restore `model_dir`'s latest instead.
+    """
+    return tf.train.CheckpointManager(
+        checkpoint, out_dir, max_to_keep=config.trainer.max_checkpoints_to_keep,
+        step_counter=global_step, checkpoint_interval=config.trainer.checkpoint_interval,
+        init_fn=None if chief or latest is None else
+        lambda: checkpoint.restore(latest).expect_partial(),
+        # Checkpoints land on multiples of the interval, also for a fresh run.
+        last_checkpoint_step=checkpoint_step(latest) or 0)
+
+
+def _eval_actions(config: ExperimentConfig, model, global_step: tf.Variable, model_dir: str,
+                  out_dir: str, chief: bool, progress: ProgressLogger) -> List:
+    """After each evaluation: export the best weights, write `eval_results.json` (chief),
+    and restart the progress timer (evaluation time is not training time)."""
+    actions = [BestCheckpointExporter(os.path.join(out_dir, "best"), model, global_step,
+                                      config.trainer.best_metric)]
+    if chief:
+        actions.append(lambda output: write_json(
+            os.path.join(model_dir, "eval_results.json"),
+            {"step": int(global_step.numpy()), **{k: float(v) for k, v in output.items()}}))
+    actions.append(progress.restart)
+    return actions
+
+
+def _summary_managers(config: ExperimentConfig, global_step: tf.Variable, model_dir: str,
+                      chief: bool) -> Dict[str, Any]:
+    """Orbit summary arguments: `model_dir/train` every `trainer.summary_interval` steps,
+    `model_dir/eval` at every evaluation; nothing written by non-chief workers."""
+    eval_dir = os.path.join(model_dir, "eval")
+    return dict(
+        summary_manager=IntervalSummaryManager(
+            os.path.join(model_dir, "train") if chief else None, global_step,
+            config.trainer.summary_interval, config.trainer.train_steps),
+        # A summary dir unlike the (unset) training one keeps Orbit from sharing writers.
+        eval_summary_dir=eval_dir,
+        eval_summary_manager=orbit.utils.SummaryManager(
+            eval_dir if chief else None, tf.summary.scalar, global_step=global_step))
+
+
+def _run_mode(controller: orbit.Controller, mode: str, config: ExperimentConfig,
+              checkpoint: tf.train.Checkpoint, strategy: tf.distribute.Strategy,
+              model_dir: str, eval_timeout: float):
+    """Runs the controller loop of `mode`; returns the last evaluation output or None."""
+    trainer_config = config.trainer
+    if mode == "train":
+        controller.train(trainer_config.train_steps)
+        return None
+    if mode == "train_and_eval":
+        output = controller.train_and_evaluate(
+            trainer_config.train_steps, trainer_config.eval_steps, trainer_config.eval_interval)
+        if output is None:  # Restored at the end of training: evaluate it again.
+            output = controller.evaluate(trainer_config.eval_steps)
+        return output
+    if mode == "eval":
+        return controller.evaluate(trainer_config.eval_steps)
+    return _evaluate_continuously(controller, checkpoint, strategy, model_dir,
+                                  trainer_config.train_steps, trainer_config.eval_steps,
+                                  eval_timeout)
 
 
 def _evaluate_continuously(controller: orbit.Controller, checkpoint: tf.train.Checkpoint,

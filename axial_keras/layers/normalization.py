@@ -80,21 +80,30 @@ class MultiAxisBatchNormalization(keras.layers.Layer):
         variance = ops.sum(ops.square(centred), axis=self._reduce) / count
         return mean, variance
 
-    def call(self, inputs, training=None, valid=None):
-        x = ops.cast(inputs, "float32")
-        if training:
-            mean, variance = self._moments(x, valid)
-            m = self.momentum
-            self.moving_mean.assign(
-                self.moving_mean * m + ops.cast(mean, self.moving_mean.dtype) * (1.0 - m))
-            self.moving_variance.assign(
-                self.moving_variance * m + ops.cast(variance, self.moving_variance.dtype) * (1.0 - m))
-        else:
-            mean, variance = self.moving_mean, self.moving_variance
+    def update_moving_statistics(self, mean, variance):
+        """Moves the moving statistics towards batch `mean` and `variance` (param shape)."""
+        m = self.momentum
+        self.moving_mean.assign(
+            self.moving_mean * m + ops.cast(mean, self.moving_mean.dtype) * (1.0 - m))
+        self.moving_variance.assign(
+            self.moving_variance * m + ops.cast(variance, self.moving_variance.dtype) * (1.0 - m))
+
+    def scale_and_shift(self, mean, variance):
+        """float32 `(scale, shift)` of the normalization, so that `y = x * scale + shift`."""
         gamma = ops.cast(self.gamma, "float32")
         beta = ops.cast(self.beta, "float32")
         scale = gamma * ops.rsqrt(ops.cast(variance, "float32") + self.epsilon)
         shift = beta - ops.cast(mean, "float32") * scale
+        return scale, shift
+
+    def call(self, inputs, training=None, valid=None):
+        x = ops.cast(inputs, "float32")
+        if training:
+            mean, variance = self._moments(x, valid)
+            self.update_moving_statistics(mean, variance)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        scale, shift = self.scale_and_shift(mean, variance)
         y = x * ops.reshape(scale, self._broadcast) + ops.reshape(shift, self._broadcast)
         return ops.cast(y, self.compute_dtype)
 

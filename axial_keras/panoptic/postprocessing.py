@@ -7,7 +7,41 @@ from typing import Dict, Sequence
 import keras
 from keras import ops
 
+from axial_keras.control_flow import static_loops_enabled
+
 _FAR = 1e30
+
+
+def _max_pool_2d(x, size: int):
+    """k x k max-pool ('same') of [B, H, W] as a k x 1 then a 1 x k pool (same maxima).
+
+    Each 1-D pool runs with the other image axis as channels: pooling kernels are
+    vectorized over channels, and a single-channel image is their slowest case.
+    """
+    shape = ops.shape(x)
+    batch, height, width = shape[0], shape[1], shape[2]
+    pooled = ops.max_pool(ops.reshape(x, (batch, height, 1, width)), pool_size=(size, 1),
+                          strides=1, padding="same")  # over H, W as channels
+    pooled = ops.transpose(ops.reshape(pooled, (batch, height, width, 1)), (0, 2, 3, 1))
+    pooled = ops.max_pool(pooled, pool_size=(size, 1), strides=1, padding="same")  # over W
+    return ops.transpose(pooled, (0, 3, 1, 2))[..., 0]
+
+
+def _is_in(labels, classes: Sequence[int], num_classes: int):
+    """Boolean map of `labels` in `classes`, as comparisons with the runs of consecutive ids."""
+    runs = []
+    for c in sorted(set(classes)):
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    if len(runs) > 4:  # many runs: one table lookup is cheaper than the comparisons
+        table = ops.convert_to_tensor([c in classes for c in range(num_classes)], dtype="bool")
+        return ops.take(table, labels)
+    mask = ops.zeros_like(labels, dtype="bool")
+    for first, last in runs:
+        mask = ops.logical_or(mask, ops.logical_and(labels >= first, labels <= last))
+    return mask
 
 
 class PanopticPostProcessor:
@@ -33,6 +67,11 @@ class PanopticPostProcessor:
         nms_kernel: int. Max-pool window of the centre NMS (odd).
         keep_k_centers: int. Centres kept per image (top-k by score).
         stuff_area_limit: int. Stuff segments with fewer pixels become void.
+        grouping_tile: int. Side of the pixel tiles of the grouping step: a centre is
+            compared with the pixels of a tile only when it can be the nearest one for
+            some thing pixel of the tile (distance bounds of the tile's offset targets),
+            so the work follows the number of nearby centres, not `keep_k_centers`. Any
+            value gives the same result (exact nearest centre, ties to the lowest index).
 
     Example:
     >>> post = PanopticPostProcessor(thing_class_ids=range(11, 19), label_divisor=1000)
@@ -42,7 +81,8 @@ class PanopticPostProcessor:
 
     def __init__(self, thing_class_ids: Sequence[int], label_divisor: int,
                  ignore_label: int = 255, center_threshold: float = 0.1, nms_kernel: int = 7,
-                 keep_k_centers: int = 200, stuff_area_limit: int = 0):
+                 keep_k_centers: int = 200, stuff_area_limit: int = 0,
+                 grouping_tile: int = 32):
         self.thing_class_ids = tuple(int(c) for c in thing_class_ids)
         if nms_kernel < 1 or nms_kernel % 2 == 0:
             raise ValueError(f"`nms_kernel` must be a positive odd int, got {nms_kernel!r}.")
@@ -50,6 +90,9 @@ class PanopticPostProcessor:
             raise ValueError(
                 f"`keep_k_centers` ({keep_k_centers}) must be in [1, label_divisor="
                 f"{label_divisor}) so instance ids fit in the panoptic id.")
+        if isinstance(grouping_tile, bool) or not isinstance(grouping_tile, int) or grouping_tile < 1:
+            raise ValueError(f"`grouping_tile` must be a positive int, got {grouping_tile!r}.")
+        self.grouping_tile = grouping_tile
         self.label_divisor = int(label_divisor)
         self.ignore_label = int(ignore_label)
         self.center_threshold = float(center_threshold)
@@ -61,15 +104,15 @@ class PanopticPostProcessor:
         return {"thing_class_ids": list(self.thing_class_ids),
                 "label_divisor": self.label_divisor, "ignore_label": self.ignore_label,
                 "center_threshold": self.center_threshold, "nms_kernel": self.nms_kernel,
-                "keep_k_centers": self.keep_k_centers, "stuff_area_limit": self.stuff_area_limit}
+                "keep_k_centers": self.keep_k_centers, "stuff_area_limit": self.stuff_area_limit,
+                "grouping_tile": self.grouping_tile}
 
     def find_centers(self, center_heatmap):
         """Top-k NMS centres: (scores [B, K], y [B, K], x [B, K], valid [B, K])."""
         heat = ops.cast(center_heatmap, "float32")
         if len(heat.shape) == 4:
             heat = heat[..., 0]
-        pooled = ops.max_pool(heat[..., None], pool_size=self.nms_kernel, strides=1,
-                              padding="same")[..., 0]
+        pooled = _max_pool_2d(heat, self.nms_kernel)
         peak = ops.logical_and(ops.equal(heat, pooled), heat > self.center_threshold)
         shape = ops.shape(heat)
         width = shape[2]
@@ -81,6 +124,93 @@ class PanopticPostProcessor:
         valid = values > self.center_threshold
         index = ops.cast(index, "int32")
         return values, index // width, index % width, valid
+
+    def nearest_center(self, target_y, target_x, is_thing, center_y, center_x, valid):
+        """Index of the nearest valid centre of every pixel's offset target, [B, H, W] int32.
+
+        Equals comparing every pixel with every centre in index order and keeping a
+        strictly smaller squared distance (float32), starting from index 0 at infinite
+        distance; only thing pixels' results are meaningful.
+
+        The image is cut into `grouping_tile`-sided tiles. For each tile and centre, the
+        squared distance from the centre to the bounding box of the tile's finite
+        thing-pixel targets is bounded below and above; a centre whose lower bound
+        exceeds the smallest upper bound (with a relative margin far above float32
+        rounding) is farther than another centre from every such target, so it can
+        neither win nor tie. Each round of the loop compares every pixel with the next
+        remaining candidate of its tile, in index order, so there are as many rounds as
+        the largest candidate count of a tile.
+
+        Args:
+            target_y, target_x: float32 [B, H, W]. Offset targets (pixel + offset).
+            is_thing: bool [B, H, W]. Pixels to group.
+            center_y, center_x: int32 [B, K]. Centres; valid: bool [B, K].
+        """
+        tile = self.grouping_tile
+        shape = ops.shape(target_y)
+        batch, height, width = shape[0], shape[1], shape[2]
+        tiles_y = (height + tile - 1) // tile
+        tiles_x = (width + tile - 1) // tile
+        pad = [[0, 0], [0, tiles_y * tile - height], [0, tiles_x * tile - width]]
+
+        def to_tiles(x):  # [B, H, W] -> [B, tiles, tile * tile]
+            x = ops.reshape(ops.pad(x, pad), (batch, tiles_y, tile, tiles_x, tile))
+            x = ops.transpose(x, (0, 1, 3, 2, 4))
+            return ops.reshape(x, (batch, tiles_y * tiles_x, tile * tile))
+
+        ty, tx = to_tiles(target_y), to_tiles(target_x)
+        used = to_tiles(ops.logical_and(is_thing, ops.logical_and(
+            ops.isfinite(target_y), ops.isfinite(target_x))))
+        y_min = ops.min(ops.where(used, ty, _FAR), axis=-1)[..., None]  # [B, T, 1]
+        y_max = ops.max(ops.where(used, ty, -_FAR), axis=-1)[..., None]
+        x_min = ops.min(ops.where(used, tx, _FAR), axis=-1)[..., None]
+        x_max = ops.max(ops.where(used, tx, -_FAR), axis=-1)[..., None]
+        cy = ops.cast(center_y, "float32")[:, None, :]  # [B, 1, K]
+        cx = ops.cast(center_x, "float32")[:, None, :]
+
+        def gap(low, high, c):  # distance from c to [low, high], and to its farther end
+            near = ops.maximum(ops.maximum(low - c, c - high), 0.0)
+            return near, ops.maximum(ops.abs(low - c), ops.abs(high - c))
+
+        near_y, far_y = gap(y_min, y_max, cy)
+        near_x, far_x = gap(x_min, x_max, cx)
+        lower = ops.square(near_y) + ops.square(near_x)  # [B, T, K]
+        upper = ops.where(valid[:, None, :], ops.square(far_y) + ops.square(far_x), _FAR)
+        bound = ops.min(upper, axis=-1, keepdims=True)
+        candidate = ops.logical_and(
+            ops.logical_and(valid[:, None, :], ops.any(used, axis=-1)[..., None]),
+            lower <= bound * (1.0 + 1e-4) + 1e-3)
+        # Candidates of each tile first, in increasing centre index.
+        k = self.keep_k_centers
+        index = ops.arange(k, dtype="int32")
+        order = ops.where(candidate, k - index, 0)
+        _, order = ops.top_k(order, k, sorted=True)
+        order = ops.cast(order, "int32")  # [B, T, K]
+        count = ops.sum(ops.cast(candidate, "int32"), axis=-1)
+        order_y = ops.take_along_axis(ops.broadcast_to(cy, ops.shape(order)), order, axis=-1)
+        order_x = ops.take_along_axis(ops.broadcast_to(cx, ops.shape(order)), order, axis=-1)
+        # Static graphs (export) compare every centre slot; absent ones never win.
+        rounds = k if static_loops_enabled() else ops.max(count)
+
+        def compare(j, state):
+            best, best_index = state
+            present = (count > j)[..., None]
+            y = ops.where(present, ops.take(order_y, j, axis=2)[..., None], _FAR)
+            x = ops.where(present, ops.take(order_x, j, axis=2)[..., None], _FAR)
+            distance = ops.square(ty - y) + ops.square(tx - x)
+            closer = distance < best
+            # minimum == where(closer, distance, best): a distance is NaN only for a NaN
+            # target, and then it is NaN for every centre (the pixel keeps index 0).
+            return (ops.minimum(best, distance),
+                    ops.where(closer, ops.take(order, j, axis=2)[..., None], best_index))
+
+        start = (ops.full(ops.shape(ty), float("inf"), dtype="float32"),
+                 ops.zeros(ops.shape(ty), dtype="int32"))
+        _, nearest = ops.fori_loop(0, rounds, compare, start)
+        nearest = ops.reshape(nearest, (batch, tiles_y, tiles_x, tile, tile))
+        nearest = ops.reshape(ops.transpose(nearest, (0, 1, 3, 2, 4)),
+                              (batch, tiles_y * tile, tiles_x * tile))
+        return nearest[:, :height, :width]
 
     def __call__(self, outputs: Dict) -> Dict:
         """Post-processes a batch.
@@ -97,7 +227,9 @@ class PanopticPostProcessor:
         """
         logits = outputs["semantic_logits"]
         num_classes = logits.shape[-1]
-        semantic = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        # First index of the largest logit. Top-1 is one pass over the logits, where
+        # ops.argmax adds three more (it orders -0.0 below +0.0, which top-1 calls a tie).
+        semantic = ops.cast(ops.top_k(logits, 1)[1][..., 0], "int32")
         offsets = ops.cast(outputs["center_offsets"], "float32")
         shape = ops.shape(semantic)
         batch, height, width = shape[0], shape[1], shape[2]
@@ -108,61 +240,44 @@ class PanopticPostProcessor:
         grid_x = ops.cast(ops.arange(width), "float32")[None, None, :]
         target_y = grid_y + offsets[..., 0]
         target_x = grid_x + offsets[..., 1]
-        cy = ops.where(valid, ops.cast(center_y, "float32"), _FAR)
-        cx = ops.where(valid, ops.cast(center_x, "float32"), _FAR)
-
-        def nearest(i, state):
-            best, best_index = state
-            y = ops.take(cy, i, axis=1)[:, None, None]
-            x = ops.take(cx, i, axis=1)[:, None, None]
-            distance = ops.square(target_y - y) + ops.square(target_x - x)
-            closer = distance < best
-            return ops.where(closer, distance, best), ops.where(closer, i, best_index)
-
-        start = (ops.full((batch, height, width), 2 * _FAR * _FAR, dtype="float32"),
-                 ops.zeros((batch, height, width), dtype="int32"))
-        _, nearest_index = ops.fori_loop(0, k, nearest, start)
-
-        thing_table = ops.convert_to_tensor(
-            [c in self.thing_class_ids for c in range(num_classes)], dtype="bool")
-        is_thing = ops.take(thing_table, semantic)
+        is_thing = _is_in(semantic, self.thing_class_ids, num_classes)
+        nearest_index = self.nearest_center(target_y, target_x, is_thing, center_y, center_x,
+                                            valid)
         any_center = ops.any(valid, axis=1)[:, None, None]
         instance = ops.where(ops.logical_and(is_thing, any_center), nearest_index + 1, 0)
 
-        # Majority thing class of every instance: counts per (image, instance, class).
+        # Every pixel's result depends only on its (image, instance, class) segment:
+        # count the segments, decide each one's panoptic id, and look the ids up.
         image = ops.arange(batch, dtype="int32")[:, None, None]
         segment = (image * (k + 1) + instance) * num_classes + semantic
         counts = ops.segment_sum(ops.ones((batch * height * width,), dtype="float32"),
                                  ops.reshape(segment, (-1,)), num_segments=batch * (k + 1) * num_classes)
         counts = ops.reshape(counts, (batch, k + 1, num_classes))
-        counts = ops.where(thing_table[None, None, :], counts, -1.0)
-        instance_class = ops.cast(ops.argmax(counts, axis=-1), "int32")  # [B, K + 1]
-        pixel_class = ops.take_along_axis(instance_class, ops.reshape(instance, (batch, -1)), axis=1)
-        pixel_class = ops.reshape(pixel_class, (batch, height, width))
-
-        # Stuff area per (image, class).
-        stuff_segment = image * num_classes + semantic
-        area = ops.segment_sum(ops.ones((batch * height * width,), dtype="float32"),
-                               ops.reshape(stuff_segment, (-1,)), num_segments=batch * num_classes)
-        pixel_area = ops.take(area, stuff_segment)
-        big_stuff = ops.logical_and(ops.logical_not(is_thing),
-                                    pixel_area >= float(self.stuff_area_limit))
-
+        thing_table = ops.convert_to_tensor(
+            [c in self.thing_class_ids for c in range(num_classes)], dtype="bool")
+        # Majority thing class of every instance (ties to the lowest class).
+        instance_class = ops.cast(ops.top_k(ops.where(thing_table, counts, -1.0), 1)[1][..., 0],
+                                  "int32")  # [B, K + 1]
+        # Stuff pixels all have instance 0, so counts[:, 0] holds every stuff class's area.
+        big_stuff = ops.logical_and(ops.logical_not(thing_table),
+                                    counts[:, 0, :] >= float(self.stuff_area_limit))  # [B, C]
         void = self.ignore_label * self.label_divisor
-        panoptic = ops.where(instance > 0, pixel_class * self.label_divisor + instance,
-                             ops.where(big_stuff, semantic * self.label_divisor, void))
+        instance_ids = ops.arange(k + 1, dtype="int32")[None, :, None]
+        class_ids = ops.arange(num_classes, dtype="int32")[None, None, :]
+        table = ops.where(instance_ids > 0,
+                          instance_class[:, :, None] * self.label_divisor + instance_ids,
+                          ops.where(big_stuff[:, None, :], class_ids * self.label_divisor, void))
+        panoptic = ops.take(ops.reshape(table, (-1,)), segment)
         out_semantic = ops.where(ops.equal(panoptic, void), self.ignore_label,
                                  panoptic // self.label_divisor)
         score_table = ops.concatenate([ops.zeros((batch, 1), "float32"),
                                        ops.where(valid, scores, 0.0)], axis=1)
-        instance_scores = ops.reshape(
-            ops.take_along_axis(score_table, ops.reshape(instance, (batch, -1)), axis=1),
-            (batch, height, width))
+        instance_scores = ops.take(ops.reshape(score_table, (-1,)), image * (k + 1) + instance)
         points = ops.where(valid[..., None], ops.stack([center_y, center_x], axis=-1), -1)
         return {
             "panoptic": ops.cast(panoptic, "int32"),
             "semantic": ops.cast(out_semantic, "int32"),
-            "instance": ops.cast(ops.where(instance > 0, instance, 0), "int32"),
+            "instance": ops.cast(instance, "int32"),
             "instance_scores": instance_scores,
             "center_points": ops.cast(points, "int32"),
         }

@@ -1,0 +1,231 @@
+"""Banded local attention equals the straightforward masked O(L^2) computation.
+
+The layer computes a local span in banded form (blocks of queries against their keys,
+skewed into an [L, m] band) and takes the similarity batch statistics from q, k and the
+tables instead of from the similarity tensors. The reference below is the plain
+formulation, written here and sharing nothing with the layer: every (query, key) pair of
+the axis, a mask for the pairs outside the window, batch norms computed on the masked
+tensors, softmax. Both must give the same outputs, moving statistics and gradients on
+random weights, in training and inference mode, for several spans and lengths (window
+longer than the axis included), on both axes, in one chunk or many, with static or
+dynamic shapes.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import axial_keras.layers.axial_attention as axial_attention
+from attention_reference import randomize_weights
+from axial_keras.layers import AxialAttention
+
+
+def _normalize(x, mean, variance, gamma, beta, epsilon):
+    return (x - mean) * ops.rsqrt(variance + epsilon) * gamma + beta
+
+
+def masked_reference(layer, x, training):
+    """Output of `layer` on `x` and the batch statistics it uses, via [n, h, L, L] masks.
+
+    Returns:
+        (output [B, H, W, heads * value_dim], dict of batch statistics by sub-layer).
+    """
+    heads, key_dim, value_dim = layer.num_heads, layer.key_dim, layer.value_dim
+    eps = layer.epsilon
+    x = ops.convert_to_tensor(x)
+    if layer.axis == 1:
+        x = ops.transpose(x, (0, 2, 1, 3))
+    batch, other, length, channels = x.shape
+    x = ops.reshape(x, (batch * other, length, channels))
+    stats = {}
+
+    bn = layer.batch_norm_qkv
+    qkv = ops.matmul(x, layer.qkv_kernel)
+    if training:
+        mean, variance = ops.moments(qkv, axes=(0, 1))
+        stats["qkv"] = (mean, variance)
+    else:
+        mean, variance = bn.moving_mean, bn.moving_variance
+    qkv = _normalize(qkv, mean, variance, bn.gamma, bn.beta, eps)
+    q = ops.reshape(qkv[..., : heads * key_dim], (-1, length, heads, key_dim))
+    k = ops.reshape(qkv[..., heads * key_dim: 2 * heads * key_dim], (-1, length, heads, key_dim))
+    v = ops.reshape(qkv[..., 2 * heads * key_dim:], (-1, length, heads, value_dim))
+
+    offsets = np.arange(length)[None, :] - np.arange(length)[:, None]  # [o, p] = p - o
+    rows = np.clip(offsets, 1 - layer.max_span, layer.max_span - 1) + layer.max_span - 1
+    r_q, r_k, r_v = (ops.take(t, rows, axis=0)
+                     for t in (layer.query_rpe, layer.key_rpe, layer.value_rpe))
+    if layer.span is None:
+        valid = np.ones((length, length), bool)
+    else:
+        valid = np.abs(offsets) <= (layer.span - 1) // 2
+
+    similarity = ops.stack([
+        ops.einsum("nlhd,nmhd->nhlm", q, k),
+        ops.einsum("nlhd,lmd->nhlm", q, r_q),
+        ops.einsum("nmhd,lmd->nhlm", k, r_k),
+    ])  # [3, n, h, L, L]
+    bn = layer.batch_norm_similarity
+    if training:
+        weight = ops.cast(ops.broadcast_to(valid, similarity.shape), "float32")
+        count = ops.sum(weight, axis=(1, 3, 4))[:, None, :, None, None]
+        mean = ops.sum(similarity * weight, axis=(1, 3, 4), keepdims=True) / count
+        variance = ops.sum(ops.square(similarity - mean) * weight, axis=(1, 3, 4),
+                           keepdims=True) / count
+        stats["similarity"] = (mean[:, 0, :, 0, 0], variance[:, 0, :, 0, 0])
+    else:
+        mean = ops.reshape(bn.moving_mean, (3, 1, heads, 1, 1))
+        variance = ops.reshape(bn.moving_variance, (3, 1, heads, 1, 1))
+    gamma = ops.reshape(bn.gamma, (3, 1, heads, 1, 1))
+    beta = ops.reshape(bn.beta, (3, 1, heads, 1, 1))
+    logits = ops.sum(_normalize(similarity, mean, variance, gamma, beta, eps), axis=0)
+    weights = ops.softmax(ops.where(valid, logits, -1e9), axis=-1)
+
+    retrieved = ops.stack([
+        ops.einsum("nhlm,nmhd->nlhd", weights, v),
+        ops.einsum("nhlm,lmd->nlhd", weights, r_v),
+    ])  # [2, n, L, h, value_dim]
+    bn = layer.batch_norm_output
+    if training:
+        mean, variance = ops.moments(retrieved, axes=(1, 2), keepdims=True)
+        stats["output"] = (mean[:, 0, 0], variance[:, 0, 0])
+    else:
+        mean, variance = bn.moving_mean[:, None, None], bn.moving_variance[:, None, None]
+    out = ops.sum(_normalize(retrieved, mean, variance, bn.gamma[:, None, None],
+                             bn.beta[:, None, None], eps), axis=0)
+    out = ops.reshape(out, (batch, other, length, heads * value_dim))
+    if layer.axis == 1:
+        out = ops.transpose(out, (0, 2, 1, 3))
+    return out, stats
+
+
+def _layer(shape, axis, span, heads=2, key_dim=3, value_dim=4, seed=0, max_span=255):
+    layer = AxialAttention(num_heads=heads, key_dim=key_dim, value_dim=value_dim, axis=axis,
+                           span=span, momentum=0.0, max_span=max_span)
+    layer.build(shape)
+    randomize_weights(layer, seed)
+    return layer
+
+
+def _moving(layer):
+    return {"qkv": layer.batch_norm_qkv, "similarity": layer.batch_norm_similarity,
+            "output": layer.batch_norm_output}
+
+
+# (input shape, axis, span): the attended axis is dimension `axis`.
+CASES = [
+    ((2, 7, 5, 6), 1, 3),
+    ((2, 40, 3, 6), 1, 5),
+    ((1, 4, 70, 6), 2, 15),
+    ((1, 100, 2, 6), 1, 65),   # several query blocks
+    ((2, 3, 40, 6), 2, 65),    # window longer than the axis, shorter than 2 L - 1
+    ((1, 20, 3, 6), 1, 65),    # window covers the axis everywhere (global route)
+    ((2, 33, 4, 6), 1, 31),    # window wider than one block of queries
+    ((1, 1, 9, 6), 1, 5),      # a one-pixel-long axis
+]
+
+
+@pytest.mark.parametrize("shape, axis, span", CASES)
+@pytest.mark.parametrize("training", [False, True])
+def test_banded_equals_masked(shape, axis, span, training):
+    x = np.random.RandomState(1).normal(size=shape).astype("float32")
+    layer = _layer(shape, axis, span)
+    want, stats = masked_reference(layer, x, training)
+    got = layer(x, training=training)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-4, rtol=2e-4)
+    for name, (mean, variance) in stats.items():
+        bn = _moving(layer)[name]  # momentum 0: the moving statistics are the batch ones
+        np.testing.assert_allclose(np.asarray(bn.moving_mean), np.asarray(mean),
+                                   atol=2e-4, rtol=2e-4)
+        np.testing.assert_allclose(np.asarray(bn.moving_variance), np.asarray(variance),
+                                   atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("span", [None, 7])
+@pytest.mark.parametrize("training", [False, True])
+def test_many_chunks_with_padding_rows_equal_one(monkeypatch, span, training):
+    # 2 x 13 = 26 rows; chunks of 4 rows leave 2 padding rows in the last chunk.
+    shape = (2, 23, 13, 6)
+    x = np.random.RandomState(2).normal(size=shape).astype("float32")
+    layer = _layer(shape, 1, span, seed=3)
+    want, _ = masked_reference(layer, x, training)
+    monkeypatch.setattr(axial_attention, "_CHUNK_ELEMENTS", 4 * 2 * 23 * 64)
+    assert layer._chunk_rows(23, 64) == 4
+    got = layer(x, training=training)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-4, rtol=2e-4)
+
+
+def test_global_offsets_beyond_the_table_are_clipped_as_the_masked_form():
+    shape = (1, 12, 3, 6)
+    x = np.random.RandomState(4).normal(size=shape).astype("float32")
+    layer = _layer(shape, 1, None, max_span=4)
+    want, _ = masked_reference(layer, x, True)
+    np.testing.assert_allclose(np.asarray(layer(x, training=True)), np.asarray(want),
+                               atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("span", [None, 5, 65])
+def test_dynamic_shapes_give_the_static_result(span):
+    shape = (2, 30, 7, 6)
+    x = np.random.RandomState(5).normal(size=shape).astype("float32")
+    layer = _layer(shape, 1, span, seed=6)
+    want = np.asarray(layer(x, training=False))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda t: layer(t, training=False),
+                         input_signature=[tf.TensorSpec([None, None, None, 6])])
+    else:
+        import jax
+
+        fn = jax.jit(lambda t: layer(t, training=False))
+    np.testing.assert_allclose(np.asarray(fn(x)), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape, axis, span", [((2, 9, 4, 6), 1, 5), ((1, 3, 50, 6), 2, 15),
+                                               ((2, 6, 5, 6), 2, None)])
+def test_gradients_equal_the_masked_form(shape, axis, span):
+    x = np.random.RandomState(7).normal(size=shape).astype("float32")
+    layer = _layer(shape, axis, span, seed=8)
+    weights = [w for w in layer.trainable_weights if "batch_norm_similarity/beta" not in w.path]
+
+    def loss_of(out):
+        return ops.sum(out * ops.sin(out))
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        def gradients(fn):
+            inputs = tf.constant(x)
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                loss = loss_of(fn(inputs))
+            return [tf.convert_to_tensor(g) for g in tape.gradient(loss, [inputs] + weights)]
+
+        got = gradients(lambda t: layer(t, training=True))
+        want = gradients(lambda t: masked_reference(layer, t, True)[0])
+    else:
+        import jax
+
+        got = [jax.grad(lambda t: loss_of(layer(t, training=True)))(x)]
+        want = [jax.grad(lambda t: loss_of(masked_reference(layer, t, True)[0]))(x)]
+    for g, w in zip(got, want):
+        scale = float(np.abs(np.asarray(w)).max()) + 1e-6
+        np.testing.assert_allclose(np.asarray(g) / scale, np.asarray(w) / scale, atol=2e-4)
+
+
+def test_the_similarity_shift_gets_a_zero_gradient_not_none():
+    # Softmax ignores the per-head shift of the normalized similarities, so its gradient
+    # is exactly zero; optimizers must still see the variable.
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    shape = (1, 6, 5, 4)
+    layer = _layer(shape, 1, 3)
+    with tf.GradientTape() as tape:
+        loss = ops.sum(ops.square(layer(np.ones(shape, "float32"), training=True)))
+    grad = tape.gradient(loss, layer.batch_norm_similarity.beta)
+    assert grad is not None and np.all(np.asarray(grad) == 0.0)
+
