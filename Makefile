@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python -m export.predict --model=$(DEMO_DIR)/saved_model/1 --output_dir=$(DEMO_DIR)/predictions docs/digits_panoptic_scene.png
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # Speed and memory figures (benchmarks/run.py): JSON, Markdown table and PNG in benchmarks/results/.
 bench: $(STAMP)
