@@ -474,6 +474,9 @@ class AxialAttention(keras.layers.Layer):
         if (n is not None and n <= rows) or static_loops_enabled():
             return core(q, k, v)
         n = ops.shape(q)[0]
+        if not isinstance(n, int):
+            # A dynamic row count below one chunk must not be padded up to a whole chunk.
+            rows = ops.maximum(ops.minimum(n, rows), 1)
         chunks = (n + rows - 1) // rows
         extra = chunks * rows - n
 
