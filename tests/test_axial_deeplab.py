@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from axial_keras.models import get_model
+from axial_keras.pixels import MID_GREY
 from keras_battery import run_model_battery
 
 TINY = dict(num_classes=6, thing_class_ids=(2, 3, 4, 5))
@@ -47,7 +48,7 @@ def test_offsets_are_rescaled_to_input_pixels():
 def test_input_is_normalized_inside_the_model():
     model = get_model("axial_deeplab_tiny", **TINY)
     x = np.random.RandomState(3).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
-    features = model.get_layer("backbone")(x / 127.5 - 1.0)
+    features = model.get_layer("backbone")(x / MID_GREY - 1.0)
     inner = model.get_layer("backbone")(model.get_layer("normalize")(x))
     np.testing.assert_allclose(np.asarray(inner["res5"]), np.asarray(features["res5"]), atol=1e-5)
 
@@ -74,8 +75,7 @@ def test_axial_deeplab_s_equals_the_official_model_size():
 
 def test_same_weights_run_with_a_local_span():
     model = get_model("axial_deeplab_tiny", **TINY)
-    backbone = dict(model.get_config()["backbone"], spans=[None, 33, 33, 33, 33])
-    local = get_model("axial_deeplab_tiny", backbone=backbone, **TINY)
+    local = get_model("axial_deeplab_tiny", backbone={"spans": (None, 33, 33, 33, 33)}, **TINY)
     local.set_weights(model.get_weights())
     # 33x33 input: the longest attended axis (17, at stride 2) fits a 33-wide window.
     x = np.random.RandomState(4).uniform(0, 255, (1, 33, 33, 3)).astype("float32")

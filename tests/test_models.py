@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from axial_keras.models import AxialResNet, count_madds, get_model, list_models
+from axial_keras.models import (AxialResNetBackbone, AxialResNetClassifier, count_madds,
+                                get_model, list_models)
 from keras_battery import run_model_battery
 
 
@@ -68,11 +69,11 @@ def test_endpoint_strides(output_stride):
 
 def test_bad_model_arguments_are_named():
     with pytest.raises(ValueError, match="stem"):
-        AxialResNet(stem="pyramid")
+        AxialResNetBackbone(stem="pyramid")
     with pytest.raises(ValueError, match="output_stride"):
-        AxialResNet(output_stride=12)
+        AxialResNetBackbone(output_stride=12)
     with pytest.raises(ValueError, match="odd"):
-        AxialResNet(spans=(None, 4, None, None, None))
+        AxialResNetBackbone(spans=(None, 4, None, None, None))
     model = get_model("axial_resnet_tiny", num_classes=3)
     with pytest.raises(ValueError):
         model(np.zeros((1, 16, 16), "float32"))

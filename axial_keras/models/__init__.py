@@ -1,8 +1,12 @@
-"""Axial-ResNet and Axial-DeepLab models, the variant registry and the multiply-add counter."""
+"""Axial-ResNet backbone, its classifier and Axial-DeepLab tasks, the variant registry and
+the multiply-add counter."""
 
 from axial_keras.models.axial_deeplab import AxialDeepLab
-from axial_keras.models.axial_resnet import AxialResNet
+from axial_keras.models.axial_resnet_backbone import AxialResNetBackbone
+from axial_keras.models.axial_resnet_classifier import AxialResNetClassifier
 from axial_keras.models.madds import count_madds
-from axial_keras.models.registry import get_model, list_models, register
+from axial_keras.models.registry import (AxialDeepLabConfig, AxialResNetConfig, get_model,
+                                         list_models, register)
 
-__all__ = ["AxialDeepLab", "AxialResNet", "count_madds", "get_model", "list_models", "register"]
+__all__ = ["AxialDeepLab", "AxialDeepLabConfig", "AxialResNetBackbone", "AxialResNetClassifier",
+           "AxialResNetConfig", "count_madds", "get_model", "list_models", "register"]

@@ -1,17 +1,43 @@
-"""Axial-DeepLab: an Axial-ResNet backbone with Panoptic-DeepLab decoders and heads."""
+"""Axial-DeepLab: Panoptic-DeepLab decoders and heads on a stride-16 backbone."""
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import keras
 from keras import ops
 
+from axial_keras.labels import CITYSCAPES, PanopticLabels
 from axial_keras.layers.decoder import PanopticDecoder, PanopticHead
 from axial_keras.layers.resize import CropToReference, PadToStride, ResizeAlignCorners
-from axial_keras.models.axial_resnet import AxialResNet
 from axial_keras.models.madds import functional_madds
+from axial_keras.pixels import MID_GREY
 
-CITYSCAPES_THING_CLASS_IDS = tuple(range(11, 19))
 OUTPUT_KEYS = ("semantic_logits", "center_heatmap", "center_offsets")
+OUTPUT_STRIDE = 16
+# The backbone endpoints the decoders read, highest level first, with their strides.
+FEATURE_STRIDES = {"res5": 16, "res3": 8, "res2": 4}
+
+
+def check_backbone_strides(backbone: keras.Model, strides: Dict[str, int]) -> None:
+    """Raises a ValueError unless `backbone` outputs a dict with `strides`' keys at those strides.
+
+    Args:
+        backbone: keras.Model. A model with one image input and a dict of endpoints.
+        strides: dict. Endpoint name -> required stride.
+    """
+    outputs = backbone.output
+    keys = sorted(outputs) if isinstance(outputs, dict) else []
+    missing = [k for k in strides if k not in keys]
+    if missing:
+        raise ValueError(f"The backbone's outputs lack {missing} (it has {keys or 'no dict'}).")
+    size = 4 * max(strides.values())
+    spatial = tuple(d or size for d in backbone.input.shape[1:3])
+    shapes = backbone.compute_output_shape((1,) + spatial + (backbone.input.shape[-1],))
+    wrong = {k: tuple(shapes[k][1:3]) for k, stride in strides.items()
+             if tuple(shapes[k][1:3]) != tuple(-(-d // stride) for d in spatial)}
+    if wrong:
+        raise ValueError(f"Backbone endpoints must have strides {strides}; on a {spatial} "
+                         f"input they are {wrong} "
+                         f"(an AxialResNetBackbone needs output_stride={OUTPUT_STRIDE}).")
 
 
 @keras.saving.register_keras_serializable(package="axial_keras")
@@ -28,7 +54,7 @@ class AxialDeepLab(keras.Model):
     bilinear resizing and the offsets rescaled, as deeplab2 does.
 
     Input: RGB pixel values in [0, 255], `[batch, height, width, 3]`, any size; the
-    model normalizes (x / 127.5 - 1), pads the image bottom/right to 16k + 1 (with the
+    model normalizes (x / MID_GREY - 1), pads the image bottom/right to 16k + 1 (with the
     value of a mid-grey pixel) so the stride grid lines up, and crops the outputs back.
 
     Output: dict with `semantic_logits [B, H, W, num_classes]`, `center_heatmap
@@ -40,21 +66,20 @@ class AxialDeepLab(keras.Model):
     no custom loop.
 
     Args:
-        num_classes: int. Semantic classes (things and stuff).
-        thing_class_ids: ints. Classes that have instances.
-        label_divisor: int. Panoptic id = class * label_divisor + instance.
-        ignore_label: int. Void class.
-        backbone: dict. `AxialResNet` arguments (stem, width_multiplier, spans, ...);
-            `output_stride` is 16.
+        backbone: keras.Model. Any backbone whose output dict holds `res2`, `res3` and
+            `res5` at strides 4, 8 and 16 (e.g. an inception-stem
+            `AxialResNetBackbone(output_stride=16)`); it sees normalized pixels.
+        labels: PanopticLabels. The label space (classes, thing flags, label divisor,
+            void); `semantic_logits` has `labels.num_classes` channels.
+        projection_channels: int. 1x1 projection of the semantic branch (256).
         semantic_decoder_channels, semantic_low_level_channels, semantic_head_channels:
             semantic branch widths (256, (64, 32), 256).
-        instance_decoder_channels, instance_low_level_channels,
-        instance_head_channels, instance_projection_channels: instance branch widths
-            (128, (32, 16), 32, 256).
-        projection_channels: int. 1x1 projection of the semantic branch (256).
+        instance_projection_channels, instance_decoder_channels,
+        instance_low_level_channels, instance_head_channels: instance branch widths
+            (256, 128, (32, 16), 32).
         input_shape: tuple. `(height, width, 3)`, None for dynamic sizes.
         momentum, epsilon, synchronized_bn: batch-norm options of the decoders.
-        **kwargs: `keras.Model` arguments.
+        **kwargs: `keras.Model` arguments (`name`, `dtype`).
 
     Example:
     >>> model = get_model("axial_deeplab_tiny", num_classes=12, thing_class_ids=range(2, 12))
@@ -65,11 +90,8 @@ class AxialDeepLab(keras.Model):
 
     def __init__(
         self,
-        num_classes: int = 19,
-        thing_class_ids: Sequence[int] = CITYSCAPES_THING_CLASS_IDS,
-        label_divisor: int = 1000,
-        ignore_label: int = 255,
-        backbone: Optional[dict] = None,
+        backbone: keras.Model,
+        labels: PanopticLabels = CITYSCAPES,
         projection_channels: int = 256,
         semantic_decoder_channels: int = 256,
         semantic_low_level_channels: Sequence[int] = (64, 32),
@@ -84,30 +106,26 @@ class AxialDeepLab(keras.Model):
         synchronized_bn: bool = False,
         **kwargs,
     ):
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-        thing_class_ids = tuple(int(c) for c in thing_class_ids)
-        bad = [c for c in thing_class_ids if not 0 <= c < num_classes]
-        if bad:
-            raise ValueError(f"thing_class_ids {bad} are outside [0, num_classes={num_classes}).")
-        backbone_args = {"stem": "inception", "width_multiplier": 1.0, **(backbone or {})}
-        backbone_args["output_stride"] = 16
-        backbone_args.pop("num_classes", None)
-        norm = dict(momentum=momentum, epsilon=epsilon, synchronized=synchronized_bn)
+        if not isinstance(labels, PanopticLabels):
+            raise ValueError(f"`labels` must be a PanopticLabels, got {type(labels).__name__}.")
+        check_backbone_strides(backbone, FEATURE_STRIDES)
+        dtype = keras.dtype_policies.get(kwargs.pop("dtype", None))
+        norm = dict(momentum=momentum, epsilon=epsilon, synchronized=synchronized_bn,
+                    dtype=dtype)
 
         images = keras.Input(shape=tuple(input_shape), name="images")
-        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(images)
-        x = PadToStride(16, name="pad")(x)
-        encoder = AxialResNet(name="backbone", **backbone_args)
-        features = encoder(x)
+        x = keras.layers.Rescaling(1.0 / MID_GREY, offset=-1.0, name="normalize", dtype=dtype)(images)
+        x = PadToStride(OUTPUT_STRIDE, name="pad", dtype=dtype)(x)
+        features = backbone(x)
+        levels = [features[key] for key in FEATURE_STRIDES]
         semantic = PanopticDecoder(projection_channels, semantic_low_level_channels,
-                                   semantic_decoder_channels, name="semantic_decoder", **norm)(
-            [features["res5"], features["res3"], features["res2"]])
+                                   semantic_decoder_channels, name="semantic_decoder",
+                                   **norm)(levels)
         instance = PanopticDecoder(instance_projection_channels, instance_low_level_channels,
-                                   instance_decoder_channels, name="instance_decoder", **norm)(
-            [features["res5"], features["res3"], features["res2"]])
+                                   instance_decoder_channels, name="instance_decoder",
+                                   **norm)(levels)
         raw = {
-            "semantic_logits": PanopticHead(semantic_head_channels, num_classes,
+            "semantic_logits": PanopticHead(semantic_head_channels, labels.num_classes,
                                             name="semantic_head", **norm)(semantic),
             "center_heatmap": PanopticHead(instance_head_channels, 1,
                                            name="center_head", **norm)(instance),
@@ -117,16 +135,12 @@ class AxialDeepLab(keras.Model):
         outputs = {}
         for key in OUTPUT_KEYS:
             resized = ResizeAlignCorners(rescale_offsets=key == "center_offsets",
-                                         name=f"upsample_{key}")([raw[key], x])
-            outputs[key] = CropToReference(name=f"crop_{key}")([resized, images])
-        super().__init__(inputs=images, outputs=outputs, **kwargs)
+                                         name=f"upsample_{key}", dtype=dtype)([raw[key], x])
+            outputs[key] = CropToReference(name=f"crop_{key}", dtype=dtype)([resized, images])
+        super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
-        self.backbone = encoder
-        self.num_classes = num_classes
-        self.thing_class_ids = thing_class_ids
-        self.label_divisor = label_divisor
-        self.ignore_label = ignore_label
-        self.backbone_args = backbone_args
+        self.backbone = backbone
+        self.labels = labels
         self.widths = dict(
             projection_channels=projection_channels,
             semantic_decoder_channels=semantic_decoder_channels,
@@ -160,9 +174,10 @@ class AxialDeepLab(keras.Model):
         """
         from axial_keras.panoptic.losses import PanopticDeepLabLoss
 
+        labels = self.labels
         self.panoptic_loss = None if loss is not None else PanopticDeepLabLoss(
-            num_classes=self.num_classes, thing_class_ids=self.thing_class_ids,
-            label_divisor=self.label_divisor, ignore_label=self.ignore_label,
+            num_classes=labels.num_classes, thing_class_ids=labels.thing_class_ids,
+            label_divisor=labels.label_divisor, ignore_label=labels.ignore_label,
             **(panoptic_loss_args or {}))
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
@@ -179,15 +194,12 @@ class AxialDeepLab(keras.Model):
         """Multiply-adds on a `[batch, height, width, 3]` input."""
         return functional_madds(self, input_shape)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             "name": self.name,
-            "num_classes": self.num_classes,
-            "thing_class_ids": list(self.thing_class_ids),
-            "label_divisor": self.label_divisor,
-            "ignore_label": self.ignore_label,
-            "backbone": {k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in self.backbone_args.items()},
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "labels": self.labels.get_config(),
             **self.widths,
             "input_shape": list(self.image_shape),
             "momentum": self.momentum,
@@ -196,5 +208,8 @@ class AxialDeepLab(keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict) -> "AxialDeepLab":
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        config["labels"] = PanopticLabels.from_config(config["labels"])
         return cls(**config)

@@ -35,4 +35,4 @@ def count_madds(model: keras.Model, input_shape: Sequence[int]) -> int:
     Example:
     >>> count_madds(get_model("axial_resnet_s", num_classes=1000), (224, 224, 3))
     """
-    return functional_madds(model, (1,) + tuple(input_shape))
+    return layer_madds(model, (1,) + tuple(input_shape))

@@ -1,35 +1,89 @@
-"""Named model variants as data: `get_model(name, **overrides)` and `list_models()`."""
+"""Named model variants as data: `get_model(name, **overrides)` and `list_models()`.
+
+A variant is one typed frozen config (timm style): `AxialResNetConfig` holds the
+`AxialResNetBackbone` arguments, `AxialDeepLabConfig` a backbone config plus the
+decoder and head widths. `get_model` turns a config (with overrides) into models.
+"""
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import keras
 
-from axial_keras.models.axial_deeplab import AxialDeepLab
-from axial_keras.models.axial_resnet import AxialResNet
+from axial_keras.labels import CITYSCAPES, PanopticLabels
+from axial_keras.models.axial_deeplab import OUTPUT_STRIDE, AxialDeepLab
+from axial_keras.models.axial_resnet_backbone import AxialResNetBackbone
+from axial_keras.models.axial_resnet_classifier import AxialResNetClassifier
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """A registered variant: the model class and its constructor arguments."""
+class AxialResNetConfig:
+    """The `AxialResNetBackbone` arguments of a variant (see that class for their meaning)."""
 
-    builder: Callable[..., keras.Model]
-    kwargs: Mapping[str, Any]
-    description: str
+    stem: str = "conv"
+    width_multiplier: float = 1.0
+    stem_width_multiplier: float = 1.0
+    stem_pool: bool = False
+    num_blocks: Tuple[int, ...] = (3, 4, 6, 3)
+    output_stride: int = 32
+    axial_beyond_stride: int = 2
+    spans: Tuple[Optional[int], ...] = (None, None, None, None, None)
+    num_heads: int = 8
+    key_expansion: float = 1.0
+    value_expansion: float = 2.0
+    bottleneck_expansion: float = 2.0
+    drop_path_rate: float = 0.0
+    drop_path_schedule: str = "constant"
+    drop_path_beyond_stride: int = 16
+    input_shape: Tuple[Optional[int], ...] = (None, None, 3)
+    kernel_regularizer: Any = None
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    synchronized_bn: bool = False
+    max_span: int = 255
 
 
-_REGISTRY: Dict[str, ModelSpec] = {}
+@dataclasses.dataclass(frozen=True)
+class AxialDeepLabConfig:
+    """An Axial-DeepLab variant: its backbone config and the `AxialDeepLab` widths."""
+
+    backbone: AxialResNetConfig
+    projection_channels: int = 256
+    semantic_decoder_channels: int = 256
+    semantic_low_level_channels: Tuple[int, ...] = (64, 32)
+    semantic_head_channels: int = 256
+    instance_projection_channels: int = 256
+    instance_decoder_channels: int = 128
+    instance_low_level_channels: Tuple[int, ...] = (32, 16)
+    instance_head_channels: int = 32
+    input_shape: Tuple[Optional[int], ...] = (None, None, 3)
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    synchronized_bn: bool = False
+
+
+ModelConfig = Union[AxialResNetConfig, AxialDeepLabConfig]
+_REGISTRY: Dict[str, ModelConfig] = {}
+# Overrides every variant takes besides its config fields: `keras.Model` arguments.
+_MODEL_ARGS = ("name", "dtype")
+# Overrides of a backbone variant that make it a classifier.
+_CLASSIFIER_ARGS = ("num_classes",)
+# Overrides of a panoptic variant that define its label space.
+_LABEL_ARGS = ("labels", "num_classes", "thing_class_ids", "label_divisor", "ignore_label")
 
 # Full Axial-ResNet: local 15 x 15 windows in the stem blocks and the stride-4 stage
 # ("local constraints in the first few blocks", PAPER.md section 2), global beyond.
 _FULL_AXIAL_SPANS: Tuple = (15, 15, None, None, None)
 
 
-def register(name: str, builder: Callable[..., keras.Model], description: str, **kwargs):
-    """Adds a variant; `get_model(name)` then calls `builder(**kwargs)`."""
+def register(name: str, config: ModelConfig) -> None:
+    """Adds a variant; `get_model(name)` then builds `config`."""
     if name in _REGISTRY:
         raise ValueError(f"Model {name!r} is already registered.")
-    _REGISTRY[name] = ModelSpec(builder, dict(kwargs), description)
+    if not isinstance(config, (AxialResNetConfig, AxialDeepLabConfig)):
+        raise ValueError(f"A variant is an AxialResNetConfig or AxialDeepLabConfig, "
+                         f"got {type(config).__name__}.")
+    _REGISTRY[name] = config
 
 
 def list_models() -> List[str]:
@@ -37,57 +91,111 @@ def list_models() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_config(name: str) -> ModelConfig:
+    """The registered config of variant `name`."""
     if name not in _REGISTRY:
         raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(list_models())}.")
     return _REGISTRY[name]
 
 
+def _replace(config, overrides: Dict[str, Any], extra=()):
+    """`config` with `overrides` applied; unknown keys raise naming the allowed ones."""
+    fields = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(k for k in overrides if k not in fields)
+    if unknown:
+        raise ValueError(f"Unknown override(s) {unknown} for {type(config).__name__}; "
+                         f"allowed: {sorted(fields + list(extra))}.")
+    return dataclasses.replace(config, **overrides)
+
+
+def _pop(overrides: Dict[str, Any], keys) -> Dict[str, Any]:
+    return {k: overrides.pop(k) for k in keys if k in overrides}
+
+
+def build_backbone(config: AxialResNetConfig, **kwargs) -> AxialResNetBackbone:
+    """An `AxialResNetBackbone` from `config` (`kwargs`: `name`, `dtype`)."""
+    return AxialResNetBackbone(**dataclasses.asdict(config), **kwargs)
+
+
+def _labels(args: Dict[str, Any]) -> PanopticLabels:
+    if "labels" in args:
+        if len(args) > 1:
+            raise ValueError(f"Pass either `labels` or {sorted(set(_LABEL_ARGS) - {'labels'})}, "
+                             f"not both (got {sorted(args)}).")
+        return args["labels"]
+    if not args:
+        return CITYSCAPES
+    defaults = dict(num_classes=CITYSCAPES.num_classes,
+                    thing_class_ids=CITYSCAPES.thing_class_ids, label_divisor=1000,
+                    ignore_label=255)
+    return PanopticLabels.from_ids(**{**defaults, **args})
+
+
 def get_model(name: str, **overrides) -> keras.Model:
-    """Builds the variant `name`; keyword arguments override its registered ones.
+    """Builds the variant `name`; keyword arguments override its registered config.
+
+    A backbone variant (`AxialResNetConfig`) builds an `AxialResNetBackbone` (a dict of
+    endpoints), or with `num_classes` an `AxialResNetClassifier` on it. A panoptic
+    variant builds an `AxialDeepLab`; its label space comes from `labels=` or from
+    `num_classes`, `thing_class_ids`, `label_divisor`, `ignore_label` (default
+    Cityscapes), and `backbone=` takes a dict of backbone fields merged into the
+    variant's (or a whole `AxialResNetConfig`). Every model is named `name` unless
+    `name=` is given; `dtype=` sets every model's dtype policy.
 
     Example:
     >>> model = get_model("axial_resnet_s", num_classes=1000)
+    >>> model = get_model("axial_deeplab_s", backbone={"spans": (None, 65, 65, 65, 65)})
     """
-    spec = get_spec(name)
-    return spec.builder(**{**spec.kwargs, "name": name, **overrides})
+    config = get_config(name)
+    overrides = dict(overrides)
+    model_args = {"name": name, **_pop(overrides, _MODEL_ARGS)}
+    if isinstance(config, AxialResNetConfig):
+        head = _pop(overrides, _CLASSIFIER_ARGS)
+        config = _replace(config, overrides, _MODEL_ARGS + _CLASSIFIER_ARGS)
+        if head.get("num_classes") is None:
+            return build_backbone(config, **model_args)
+        backbone = build_backbone(config, name="backbone", dtype=model_args.get("dtype"))
+        return AxialResNetClassifier(backbone, head["num_classes"],
+                                     kernel_regularizer=config.kernel_regularizer, **model_args)
+    labels = _labels(_pop(overrides, _LABEL_ARGS))
+    backbone = overrides.pop("backbone", {})
+    if isinstance(backbone, dict):
+        backbone = _replace(config.backbone, backbone)
+    if not isinstance(backbone, AxialResNetConfig):
+        raise ValueError(f"`backbone` must be a dict of AxialResNetConfig fields or an "
+                         f"AxialResNetConfig, got {type(backbone).__name__}.")
+    config = _replace(config, overrides, _MODEL_ARGS + _LABEL_ARGS)
+    kwargs = dataclasses.asdict(config)
+    kwargs["backbone"] = build_backbone(backbone, name="backbone", dtype=model_args.get("dtype"))
+    return AxialDeepLab(labels=labels, **kwargs, **model_args)
 
 
 for _size, _width in (("s", 0.5), ("m", 0.75), ("l", 1.0), ("xl", 2.0)):
-    register(f"axial_resnet_{_size}", AxialResNet,
-             f"Conv-stem Axial-ResNet-{_size.upper()}: global axial attention in every "
-             f"residual stage, width {_width}.",
-             stem="conv", width_multiplier=_width)
+    # Conv-stem Axial-ResNet: global axial attention in every residual stage.
+    register(f"axial_resnet_{_size}", AxialResNetConfig(stem="conv", width_multiplier=_width))
 for _size, _width in (("s", 0.5), ("m", 0.75), ("l", 1.0)):
-    register(f"full_axial_resnet_{_size}", AxialResNet,
-             f"Full Axial-ResNet-{_size.upper()}: three axial stem blocks, local span 15 "
-             f"up to stride 4, global beyond; width {_width}.",
-             stem="axial", width_multiplier=_width, spans=_FULL_AXIAL_SPANS)
+    register(f"full_axial_resnet_{_size}",
+             AxialResNetConfig(stem="axial", width_multiplier=_width, spans=_FULL_AXIAL_SPANS))
 
-register("axial_resnet_tiny", AxialResNet,
-         "A tiny conv-stem Axial-ResNet for tests and the digits demo (one block per stage, "
-         "batch-norm momentum 0.9 for short runs, "
-         "4 heads, stride 16).",
-         stem="conv", width_multiplier=0.25, stem_width_multiplier=0.25,
-         num_blocks=(1, 1, 1, 1), num_heads=4, output_stride=16, momentum=0.9)
+# For tests and the digits demo: one block per stage, 4 heads, stride 16, batch-norm
+# momentum 0.9 for short runs.
+register("axial_resnet_tiny", AxialResNetConfig(
+    stem="conv", width_multiplier=0.25, stem_width_multiplier=0.25, num_blocks=(1, 1, 1, 1),
+    num_heads=4, output_stride=16, momentum=0.9))
 
 # Axial-DeepLab (PAPER.md section 3): inception-stem Axial-ResNet at output stride 16,
 # drop path 0.2 growing linearly to the last stage (deeplab2's configs). Global span by
 # default (what the official checkpoints were trained with); pass
-# backbone={"spans": (None, 65, 65, 65, 65), ...} for the paper's local span on large
-# inputs.
+# backbone={"spans": (None, 65, 65, 65, 65)} for the paper's local span on large inputs.
 for _size, _width in (("s", 0.5), ("m", 0.75), ("l", 1.0), ("xl", 2.0)):
-    register(f"axial_deeplab_{_size}", AxialDeepLab,
-             f"Axial-DeepLab-{_size.upper()}: Panoptic-DeepLab heads on an inception-stem "
-             f"Axial-ResNet (width {_width}, output stride 16).",
-             backbone=dict(stem="inception", width_multiplier=_width, drop_path_rate=0.2,
-                           drop_path_schedule="linear"))
+    register(f"axial_deeplab_{_size}", AxialDeepLabConfig(backbone=AxialResNetConfig(
+        stem="inception", width_multiplier=_width, output_stride=OUTPUT_STRIDE,
+        drop_path_rate=0.2, drop_path_schedule="linear")))
 
-register("axial_deeplab_tiny", AxialDeepLab,
-         "A tiny Axial-DeepLab for tests and the digits-panoptic demo.",
-         backbone=dict(stem="inception", width_multiplier=0.25, stem_width_multiplier=0.25,
-                       num_blocks=(1, 1, 1, 1), num_heads=4, momentum=0.9),
-         projection_channels=64, semantic_decoder_channels=64,
-         semantic_low_level_channels=(32, 16), semantic_head_channels=64,
-         instance_projection_channels=64, instance_decoder_channels=32,
-         instance_low_level_channels=(16, 8), instance_head_channels=16, momentum=0.9)
+register("axial_deeplab_tiny", AxialDeepLabConfig(
+    backbone=AxialResNetConfig(stem="inception", width_multiplier=0.25,
+                               stem_width_multiplier=0.25, num_blocks=(1, 1, 1, 1),
+                               num_heads=4, output_stride=OUTPUT_STRIDE, momentum=0.9),
+    projection_channels=64, semantic_decoder_channels=64, semantic_low_level_channels=(32, 16),
+    semantic_head_channels=64, instance_projection_channels=64, instance_decoder_channels=32,
+    instance_low_level_channels=(16, 8), instance_head_channels=16, momentum=0.9))

@@ -1,4 +1,4 @@
-"""Axial-ResNet: a ResNet-50 layout whose 3x3 convolutions are axial-attention pairs."""
+"""Axial-ResNet backbone: a ResNet-50 layout whose 3x3 convolutions are axial-attention pairs."""
 
 import math
 from typing import Optional, Sequence
@@ -19,8 +19,8 @@ _STAGE_INPUT_STRIDES = (1, 2, 4, 8, 16)
 
 
 @keras.saving.register_keras_serializable(package="axial_keras")
-class AxialResNet(keras.Model):
-    """Axial-ResNet classifier or backbone (Wang et al., Axial-DeepLab, ECCV 2020).
+class AxialResNetBackbone(keras.Model):
+    """Axial-ResNet backbone: the feature pyramid (Wang et al., Axial-DeepLab, ECCV 2020).
 
     A ResNet-50 layout ([3, 4, 6, 3] bottleneck blocks) in which the 3x3 convolution
     of every block at stride >= `axial_beyond_stride` is replaced by height- and
@@ -31,13 +31,14 @@ class AxialResNet(keras.Model):
     convolution, conv-stem models), `"inception"` (three 3x3 convolutions, the
     Axial-DeepLab backbones) or `"axial"` (three axial blocks, Full Axial-ResNet).
 
-    Outputs: with `num_classes`, logits `[batch, num_classes]` from global average
-    pooling of the last stage; otherwise a dict of endpoints keyed as the official
-    code keys them: `stage1`..`stage5` (block sums before the ReLU) and `res1`..`res5`
-    (after it), at strides 2, 4, 8, 16, 32 (or capped at `output_stride`).
+    Output: a dict of endpoints keyed as the official code keys them: `stage1`..`stage5`
+    (block sums before the ReLU) and `res1`..`res5` (after it), at strides 2, 4, 8, 16,
+    32 (or capped at `output_stride`). Tasks (`AxialResNetClassifier`, `AxialDeepLab`)
+    take a backbone instance and add their heads.
 
     The model is built at `input_shape` with dynamic batch and (by default) spatial
-    sizes, and takes its input as given (add your own rescaling).
+    sizes, and takes its input as given (add your own rescaling). Its `dtype` policy
+    reaches every layer it creates.
 
     Args:
         stem: str. One of "conv", "inception", "axial".
@@ -59,7 +60,6 @@ class AxialResNet(keras.Model):
         drop_path_rate: float. Stochastic-depth rate of the last stage.
         drop_path_schedule: "constant" or "linear" (rate grows linearly with the stage).
         drop_path_beyond_stride: int. Only blocks at this input stride or beyond drop.
-        num_classes: None or int. Adds a classification head.
         input_shape: tuple. `(height, width, channels)`, None for dynamic sizes.
         kernel_regularizer: optional regularizer of all kernels.
         momentum, epsilon: batch-norm options.
@@ -68,10 +68,10 @@ class AxialResNet(keras.Model):
         **kwargs: `keras.Model` arguments (`name`, `dtype`).
 
     Example:
-    >>> model = AxialResNet(width_multiplier=0.125, num_blocks=(1, 1, 1, 1), num_heads=4,
-    ...                     stem_width_multiplier=0.25, num_classes=10)
-    >>> model(keras.random.normal((2, 32, 32, 3))).shape
-    (2, 10)
+    >>> backbone = AxialResNetBackbone(width_multiplier=0.125, num_blocks=(1, 1, 1, 1),
+    ...                                num_heads=4, stem_width_multiplier=0.25)
+    >>> backbone(keras.random.normal((2, 32, 32, 3)))["res5"].shape
+    (2, 1, 1, 256)
     """
 
     def __init__(
@@ -91,7 +91,6 @@ class AxialResNet(keras.Model):
         drop_path_rate: float = 0.0,
         drop_path_schedule: str = "constant",
         drop_path_beyond_stride: int = 16,
-        num_classes: Optional[int] = None,
         input_shape: Sequence[Optional[int]] = (None, None, 3),
         kernel_regularizer=None,
         momentum: float = 0.99,
@@ -118,8 +117,12 @@ class AxialResNet(keras.Model):
             raise ValueError(
                 f"`input_shape` must be (height, width, channels), got {tuple(input_shape)!r}.")
 
+        if stem_pool and stem != "conv":
+            raise ValueError("`stem_pool` applies to the 'conv' stem only.")
+        dtype = keras.dtype_policies.get(kwargs.pop("dtype", None))
         norm = dict(kernel_regularizer=keras.regularizers.get(kernel_regularizer),
-                    momentum=momentum, epsilon=epsilon, synchronized=synchronized_bn)
+                    momentum=momentum, epsilon=epsilon, synchronized=synchronized_bn,
+                    dtype=dtype)
         axial = dict(num_heads=num_heads, key_expansion=key_expansion,
                      value_expansion=value_expansion,
                      bottleneck_expansion=bottleneck_expansion, max_span=max_span)
@@ -151,8 +154,6 @@ class AxialResNet(keras.Model):
         x = ops.relu(x)
         endpoints["res1"] = x
 
-        if stem_pool and stem != "conv":
-            raise ValueError("`stem_pool` applies to the 'conv' stem only.")
         current_stride = 4 if stem_pool else 2
         for stage, (blocks, input_stride) in enumerate(zip(num_blocks, _STAGE_INPUT_STRIDES[1:])):
             filters = filters_at(input_stride)
@@ -180,13 +181,7 @@ class AxialResNet(keras.Model):
             endpoints[f"stage{stage + 2}"] = preactivation
             endpoints[f"res{stage + 2}"] = x
 
-        if num_classes is not None:
-            pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            outputs = keras.layers.Dense(num_classes, kernel_regularizer=norm["kernel_regularizer"],
-                                         name="classifier")(pooled)
-        else:
-            outputs = endpoints
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs=inputs, outputs=endpoints, dtype=dtype, **kwargs)
 
         self.stem = stem
         self.width_multiplier = width_multiplier
@@ -203,7 +198,6 @@ class AxialResNet(keras.Model):
         self.drop_path_rate = drop_path_rate
         self.drop_path_schedule = drop_path_schedule
         self.drop_path_beyond_stride = drop_path_beyond_stride
-        self.num_classes = num_classes
         self.image_shape = tuple(input_shape)
         self.kernel_regularizer = norm["kernel_regularizer"]
         self.momentum = momentum
@@ -211,7 +205,7 @@ class AxialResNet(keras.Model):
         self.synchronized_bn = synchronized_bn
         self.max_span = max_span
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             "name": self.name,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
@@ -230,7 +224,6 @@ class AxialResNet(keras.Model):
             "drop_path_rate": self.drop_path_rate,
             "drop_path_schedule": self.drop_path_schedule,
             "drop_path_beyond_stride": self.drop_path_beyond_stride,
-            "num_classes": self.num_classes,
             "input_shape": list(self.image_shape),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "momentum": self.momentum,
