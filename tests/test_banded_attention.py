@@ -16,9 +16,13 @@ import numpy as np
 import pytest
 from keras import ops
 
-import axial_keras.layers.axial_attention as axial_attention
 from attention_reference import randomize_weights
 from axial_keras.layers import AxialAttention
+from axial_keras.layers.attention_kernels import rows_per_chunk
+from axial_keras.layers.axial_attention import CHUNK_ELEMENTS
+
+tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                     reason="TensorFlow graphs and tapes")
 
 
 def _normalize(x, mean, variance, gamma, beta, epsilon):
@@ -100,9 +104,9 @@ def masked_reference(layer, x, training):
     return out, stats
 
 
-def _layer(shape, axis, span, heads=2, key_dim=3, value_dim=4, seed=0, max_span=255):
+def _layer(shape, axis, span, heads=2, key_dim=3, value_dim=4, seed=0, **kwargs):
     layer = AxialAttention(num_heads=heads, key_dim=key_dim, value_dim=value_dim, axis=axis,
-                           span=span, momentum=0.0, max_span=max_span)
+                           span=span, momentum=0.0, **kwargs)
     layer.build(shape)
     randomize_weights(layer, seed)
     return layer
@@ -144,16 +148,41 @@ def test_banded_equals_masked(shape, axis, span, training):
 
 @pytest.mark.parametrize("span", [None, 7])
 @pytest.mark.parametrize("training", [False, True])
-def test_many_chunks_with_padding_rows_equal_one(monkeypatch, span, training):
+@pytest.mark.parametrize("chunked", [True, False])
+def test_many_chunks_with_padding_rows_equal_one(span, training, chunked):
     # 2 x 13 = 26 rows; chunks of 4 rows leave 2 padding rows in the last chunk.
+    # chunk_elements=None attends all 26 rows at once.
     shape = (2, 23, 13, 6)
     x = np.random.RandomState(2).normal(size=shape).astype("float32")
-    layer = _layer(shape, 1, span, seed=3)
+    chunk_elements = 4 * 2 * 23 * 23 if chunked else None
+    layer = _layer(shape, 1, span, seed=3, chunk_elements=chunk_elements)
     want, _ = masked_reference(layer, x, training)
-    monkeypatch.setattr(axial_attention, "_CHUNK_ELEMENTS", 4 * 2 * 23 * 64)
-    assert layer._chunk_rows(23, 64) == 4
+    if chunked:
+        assert rows_per_chunk(chunk_elements, 2, 23, None if span is None else 3) == 4
     got = layer(x, training=training)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-4, rtol=2e-4)
+
+
+@tensorflow_only
+@pytest.mark.parametrize("span", [None, 5])
+@pytest.mark.parametrize("training", [False, True])
+def test_chunk_elements_none_traces_no_loop(span, training):
+    # Converters (LiteRT, the int8 quantizer) take no WHILE loop: with chunk_elements=None,
+    # restored from its config, the traced graph has none; the default chunks with one.
+    import tensorflow as tf
+
+    def op_types(chunk_elements):
+        config = AxialAttention(num_heads=2, key_dim=3, value_dim=4, axis=1, span=span,
+                                chunk_elements=chunk_elements).get_config()
+        layer = AxialAttention.from_config(config)
+        fn = tf.function(lambda t: layer(t, training=training),
+                         input_signature=[tf.TensorSpec([None, None, None, 6])])
+        graph = fn.get_concrete_function().graph.as_graph_def()
+        nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+        return {node.op for node in nodes}
+
+    assert {"While", "StatelessWhile"} & op_types(CHUNK_ELEMENTS)
+    assert not [op for op in op_types(None) if "While" in op]
 
 
 def test_global_offsets_beyond_the_table_are_clipped_as_the_masked_form():
@@ -215,11 +244,10 @@ def test_gradients_equal_the_masked_form(shape, axis, span):
         np.testing.assert_allclose(np.asarray(g) / scale, np.asarray(w) / scale, atol=2e-4)
 
 
+@tensorflow_only
 def test_the_similarity_shift_gets_a_zero_gradient_not_none():
     # Softmax ignores the per-head shift of the normalized similarities, so its gradient
     # is exactly zero; optimizers must still see the variable.
-    if keras.backend.backend() != "tensorflow":
-        return
     import tensorflow as tf
 
     shape = (1, 6, 5, 4)

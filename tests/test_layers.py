@@ -10,7 +10,7 @@ import pytest
 from attention_reference import axial_attention_reference, randomize_weights
 from axial_keras.layers import (AxialAttention, AxialAttention2D, AxialBottleneck,
                                 ConvBottleneck, ConvNormAct, ConvStem, DropPath,
-                                FullAxialStem, InceptionStem, MultiAxisBatchNormalization)
+                                FullAxialStem, InceptionStem)
 from keras_battery import run_layer_battery
 
 
@@ -79,28 +79,6 @@ def test_local_span_covering_the_axis_equals_global():
                                np.asarray(glob(x, training=False)), atol=1e-5, rtol=1e-5)
 
 
-def test_masked_batch_statistics_ignore_entries_past_the_border():
-    rng = np.random.RandomState(5)
-    x = rng.normal(size=(3, 2, 4, 6, 5)).astype("float32")
-    rows = np.arange(6)[:, None] + np.arange(-2, 3)[None, :]
-    valid = (rows >= 0) & (rows < 6)  # [length, span] as a local window sees it
-    garbage = x.copy()
-    garbage[..., ~valid] = 1e6
-    bn = MultiAxisBatchNormalization(axis=(0, 2), momentum=0.0)
-    bn(garbage, training=True, valid=valid[None, None, None])
-    kept = np.where(valid[None, None, None], x, np.nan)
-    np.testing.assert_allclose(np.asarray(bn.moving_mean), np.nanmean(kept, axis=(1, 3, 4)), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(bn.moving_variance), np.nanvar(kept, axis=(1, 3, 4)), rtol=1e-4)
-
-
-def test_local_attention_trains_with_finite_statistics():
-    x = np.random.RandomState(5).normal(size=(2, 6, 4, 4)).astype("float32")
-    layer = AxialAttention(num_heads=2, key_dim=2, value_dim=2, axis=1, span=5, momentum=0.0)
-    out = np.asarray(layer(x, training=True))
-    assert np.all(np.isfinite(out))
-    assert np.all(np.isfinite(np.asarray(layer.batch_norm_similarity.moving_variance)))
-
-
 def test_one_layer_runs_on_any_axis_length_and_dynamic_shapes():
     layer = AxialAttention(num_heads=2, key_dim=2, value_dim=3, axis=2, span=7)
     inputs = keras.Input(shape=(None, None, 4))
@@ -124,6 +102,7 @@ def test_attention_2d_strides_each_axis_after_its_attention():
 @pytest.mark.parametrize("bad, message", [
     (dict(span=4), "odd"), (dict(span=0), "odd"), (dict(span=-3), "odd"),
     (dict(span=601), "exceeds"), (dict(axis=3), "axis"), (dict(num_heads=0), "num_heads"),
+    (dict(chunk_elements=0), "chunk_elements"), (dict(chunk_elements=2.5), "chunk_elements"),
 ])
 def test_bad_arguments_are_named(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -141,6 +120,51 @@ def test_bad_inputs_are_named():
         AxialBottleneck(filters=12, num_heads=8)
 
 
+def _sublayers(layer):
+    """The layers `layer` holds as attributes, and theirs."""
+    found = [v for v in vars(layer).values() if isinstance(v, keras.layers.Layer)]
+    return found + [s for v in found for s in _sublayers(v)]
+
+
+# Largest |difference| to the float32 layer, relative to the largest float32 value.
+TOLERANCE = {"float32": 1e-6, "mixed_float16": 5e-3, "mixed_bfloat16": 4e-2}
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16", "float32"])
+@pytest.mark.parametrize("cls, kwargs", [
+    (AxialAttention, dict(axis=1, span=None)), (AxialAttention, dict(axis=2, span=3)),
+    (AxialAttention2D, dict(span=5, strides=2)),
+])
+def test_attention_computes_in_its_own_dtype_policy(policy, cls, kwargs):
+    # Per instance, with the global policy left at float32: the layer and every sublayer
+    # compute in the policy's dtype, weights stay float32, the numbers (outputs and the
+    # moving statistics of a training step) stay those of the float32 layer.
+    assert keras.config.dtype_policy().name == "float32"
+    x = np.random.RandomState(9).normal(size=(2, 7, 6, 5)).astype("float32")
+    args = dict(num_heads=2, key_dim=3, value_dim=4, momentum=0.0, **kwargs)
+    layers = {}
+    for name in ("float32", policy):
+        layers[name] = cls(dtype=name, **args)
+        layers[name].build(x.shape)
+        randomize_weights(layers[name], seed=10)
+    layer, reference = layers[policy], layers["float32"]
+    compute = keras.DTypePolicy(policy).compute_dtype
+    assert len(_sublayers(layer)) == (3 if cls is AxialAttention else 8)
+    for sub in [layer] + _sublayers(layer):
+        assert (sub.compute_dtype, sub.variable_dtype) == (compute, "float32"), sub.name
+    assert {w.dtype for w in layer.weights} == {"float32"}
+    for training in (False, True):
+        want = np.asarray(reference(x, training=training))
+        got = layer(x, training=training)
+        assert keras.backend.standardize_dtype(got.dtype) == compute
+        got = np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(got, "float32")))
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE[policy] * np.abs(want).max())
+    for w, v in zip(layer.non_trainable_weights, reference.non_trainable_weights):
+        want = np.asarray(v)
+        np.testing.assert_allclose(np.asarray(w), want, rtol=0,
+                                   atol=TOLERANCE[policy] * np.abs(want).max(), err_msg=w.path)
+
+
 def test_drop_path_drops_whole_samples_and_keeps_the_mean():
     layer = DropPath(0.5, seed=1)
     x = np.ones((4000, 2, 2, 1), "float32")
@@ -152,18 +176,11 @@ def test_drop_path_drops_whole_samples_and_keeps_the_mean():
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
 
 
-def test_multi_axis_batch_norm_statistics():
-    x = np.random.RandomState(8).normal(2.0, 3.0, size=(3, 4, 2, 5)).astype("float32")
-    bn = MultiAxisBatchNormalization(axis=(0, 2), momentum=0.0)
-    y = np.asarray(bn(x, training=True))
-    np.testing.assert_allclose(np.asarray(bn.moving_mean), x.mean(axis=(1, 3)), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(bn.moving_variance), x.var(axis=(1, 3)), rtol=1e-4)
-    np.testing.assert_allclose(y.mean(axis=(1, 3)), 0.0, atol=1e-5)
-
-
 BATTERY = [
     (AxialAttention, dict(num_heads=2, key_dim=2, value_dim=3, axis=1), (2, 6, 5, 4), (2, 6, 5, 6)),
     (AxialAttention, dict(num_heads=2, key_dim=2, value_dim=3, axis=2, span=3), (2, 6, 5, 4), (2, 6, 5, 6)),
+    (AxialAttention, dict(num_heads=2, key_dim=2, value_dim=3, axis=1, span=3, chunk_elements=None),
+     (2, 6, 5, 4), (2, 6, 5, 6)),
     (AxialAttention2D, dict(num_heads=2, key_dim=2, value_dim=2, strides=2, span=5), (2, 7, 6, 4), (2, 4, 3, 4)),
     (ConvNormAct, dict(filters=4, kernel_size=3, strides=2, activation="relu"), (2, 7, 6, 3), (2, 4, 3, 4)),
     (AxialBottleneck, dict(filters=4, strides=2, num_heads=2), (2, 6, 5, 8), (2, 3, 3, 16)),
@@ -173,7 +190,6 @@ BATTERY = [
     (ConvStem, dict(filters=4, pool=True), (2, 9, 8, 3), (2, 3, 2, 4)),
     (InceptionStem, dict(filters=4), (2, 9, 8, 3), (2, 5, 4, 8)),
     (FullAxialStem, dict(filters=2, span=3, num_heads=2), (2, 9, 8, 3), (2, 5, 4, 8)),
-    (MultiAxisBatchNormalization, dict(axis=(-1,)), (2, 5, 4, 3), (2, 5, 4, 3)),
     (DropPath, dict(rate=0.3, seed=2), (2, 5, 4, 3), (2, 5, 4, 3)),
 ]
 

@@ -1,12 +1,10 @@
-"""Keras layers: axial attention, its normalization, residual blocks and stems."""
+"""Keras layers: axial attention, residual blocks and stems."""
 
 from axial_keras.layers.axial_attention import MAX_SPAN, AxialAttention, AxialAttention2D
 from axial_keras.layers.blocks import (AxialBottleneck, ConvBottleneck, ConvNormAct, ConvStem,
                                        DropPath, FullAxialStem, InceptionStem)
-from axial_keras.layers.normalization import MultiAxisBatchNormalization
 
 __all__ = [
     "MAX_SPAN", "AxialAttention", "AxialAttention2D", "AxialBottleneck", "ConvBottleneck",
     "ConvNormAct", "ConvStem", "DropPath", "FullAxialStem", "InceptionStem",
-    "MultiAxisBatchNormalization",
 ]
