@@ -1,15 +1,19 @@
 PYTHON ?= python3
-VENV := .venv
+# `make install VENV=/tmp/venv` installs into another environment.
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
-# Creates .venv if missing and installs runtime + dev dependencies; reruns when a requirements file changes.
-$(STAMP): requirements.txt requirements-orbit.txt requirements-dev.txt
+# Creates the venv if missing and installs the checkout itself (editable, pyproject.toml's
+# dependencies with the train, export and dev extras) together with the tested lock
+# (requirements*.txt pins); Orbit goes in with --no-deps. Reruns when pyproject.toml or a
+# requirements file is newer than the stamp.
+$(STAMP): pyproject.toml requirements.txt requirements-orbit.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt -e '.[train,export,dev]'
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-orbit.txt
 	touch $(STAMP)
 
@@ -26,6 +30,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=25 tests
+
+# For iteration (under 5 minutes here): the suite without its slow files (the trainer's
+# subprocess runs, every export format, the JAX rerun, the wheel test, the benchmark harness,
+# the fit runs). `make test` stays the command that runs everything.
+FAST_SKIP := test_trainer test_export_formats test_jax_backend test_packaging test_benchmarks \
+	test_panoptic_training test_digits
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=10 $(foreach name,$(FAST_SKIP),--ignore=tests/$(name).py) tests
 
 # Speed and memory figures (benchmarks/run.py): JSON, Markdown table and PNG in benchmarks/results/.
 bench: $(STAMP)
