@@ -34,7 +34,8 @@ test: $(STAMP)
 # For iteration (under 5 minutes here): the suite without its slow files (the trainer's
 # subprocess runs, every export format, the JAX rerun, the wheel test, the benchmark harness,
 # the fit runs) and slow tests (the Keras battery of the full-size models and the full axial
-# stem, every registry variant's forward pass, deeplab2's layout count, the dataset CLI run).
+# stem, every registry variant's forward pass, deeplab2's layout count, the dataset CLI run,
+# the JAX subprocess reruns of targets and losses, the two-replica optimizer run).
 # `make test` stays the command that runs everything.
 FAST_SKIP := test_trainer test_export_formats test_jax_backend test_packaging test_benchmarks \
 	test_panoptic_training test_digits
@@ -42,7 +43,10 @@ FAST_DESELECT := test_models.py::test_keras_battery test_axial_deeplab.py::test_
 	test_layers.py::test_keras_battery[FullAxialStem \
 	test_models.py::test_every_variant_runs_a_small_forward_pass \
 	test_models.py::test_official_layout_counts \
-	test_data_convert.py::test_cli_converts_and_skip_bad_reports_the_skipped_file
+	test_data_convert.py::test_cli_converts_and_skip_bad_reports_the_skipped_file \
+	test_panoptic_targets.py::test_jax_backend_gives_the_same_targets \
+	test_panoptic_losses.py::test_jax_backend_gives_the_same_losses_and_gradients \
+	test_optimizers.py::test_mirrored_strategy_two_replicas_match_one_device
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=10 $(foreach name,$(FAST_SKIP),--ignore=tests/$(name).py) \
 		$(foreach id,$(FAST_DESELECT),--deselect='tests/$(id)') tests
