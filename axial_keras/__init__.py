@@ -4,4 +4,8 @@ Layers (`axial_keras.layers`), the Axial-ResNet family and its registry
 (`axial_keras.models`), and the embedded digits data (`axial_keras.data`).
 """
 
-__version__ = "0.1.0"
+from axial_keras import cli as _cli
+
+__version__ = "0.3.0"
+
+_cli.quiet_start_under_python_m()

@@ -10,8 +10,9 @@ import time
 
 import keras
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from axial_keras import cli
 from axial_keras.data import (DIGITS_PANOPTIC, digits_panoptic_dataset,
                               generate_digits_panoptic, load_digits)
 from axial_keras.metrics import PanopticQuality
@@ -181,5 +182,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags, __doc__)

@@ -11,4 +11,11 @@ Modules: `serving` (the graph all formats share), `saved_model`, `tflite`, `onnx
 exporters), `weights` (checkpoint loading), `metadata` (what each file carries),
 `images` (fitting images to a fixed input), `runtime` (one runner per format),
 `predict` (pictures from image files) and `rest_api` (TF Serving's REST API in-process).
+The console commands `axial-keras-export`, `-tflite`, `-onnx` and `-predict` run
+`saved_model`, `tflite`, `onnx` and `predict`; LiteRT, tf2onnx, onnx and onnxruntime come
+with the `export` extra.
 """
+
+from axial_keras import cli as _cli
+
+_cli.quiet_start_under_python_m()

@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 from absl import app, flags, logging
 
+from axial_keras import cli
 from export.metadata import METADATA_KEY, parse_input_size, read_saved_model_metadata
 
 DEFAULT_OPSET = 17
@@ -88,5 +89,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags, __doc__)

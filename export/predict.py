@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from axial_keras import cli
 from axial_keras.panoptic import colorize_panoptic, overlay, side_by_side, write_png
 from export.images import fit_image, read_image, unfit_map
 from export.metadata import ExportMetadata
@@ -116,5 +117,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags, __doc__)

@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
+from axial_keras import cli
 from axial_keras.panoptic import PanopticPostProcessor
 from export import serving
 from export.metadata import ExportMetadata, write_saved_model_metadata
@@ -146,5 +147,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags, __doc__)

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+from axial_keras import cli
 from export.images import fit_image
 from export.serving import POST_PROCESSING_SCOPE
 from export.metadata import (ExportMetadata, embed_tflite_metadata, parse_input_size,
@@ -207,5 +208,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags, __doc__)

@@ -6,13 +6,21 @@ hands it (losses, learning rate, steps_per_second) only every `interval` steps (
 the last step), into `model_dir/train`; evaluation summaries (PQ/SQ/RQ, mIoU, images)
 go to `model_dir/eval`.
 
+Orbit's `Controller` reports every message twice, through `absl.logging.info` and
+`print` (orbit/controller.py `_log`), and after every loop it reports the loop's output
+dict, which `ProgressLogger` already puts on one line. `orbit_reports_once()` keeps one
+copy: Orbit's log records without its per-loop train report, and none of its stdout copies.
+
 Example:
 >>> progress = ProgressLogger(global_step, total_steps=2100)
 >>> progress({"loss": 1.5, "learning_rate": 0.004})   # after a loop
 """
 
+import contextlib
+import logging as std_logging
+import os
 import time
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 from absl import logging
 import orbit
@@ -80,6 +88,35 @@ class ProgressLogger:
     def average_steps_per_second(self) -> float:
         """Training steps/s after the first loop (0 before the second loop ends)."""
         return self._rate_steps / self._rate_seconds if self._rate_seconds else 0.0
+
+
+class _OrbitLoopReportFilter(std_logging.Filter):
+    """Drops Orbit's per-loop train report (`train | step: N | steps/sec: ... | output:`)."""
+
+    def __init__(self):
+        super().__init__()
+        self._orbit_dir = os.path.dirname(os.path.abspath(orbit.__file__)) + os.sep
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        from_orbit = os.path.abspath(record.pathname).startswith(self._orbit_dir)
+        message = record.getMessage()
+        return not (from_orbit and message.startswith("train | step:")
+                    and "| steps/sec:" in message)
+
+
+@contextlib.contextmanager
+def orbit_reports_once() -> Iterator[None]:
+    """While open, Orbit's messages reach the log once and its loop report gives way to
+    `ProgressLogger`'s line (see the module docstring)."""
+    absl_logger = logging.get_absl_logger()
+    loop_filter = _OrbitLoopReportFilter()
+    absl_logger.addFilter(loop_filter)
+    try:
+        with open(os.devnull, "w", encoding="utf-8") as devnull, \
+                contextlib.redirect_stdout(devnull):
+            yield
+    finally:
+        absl_logger.removeFilter(loop_filter)
 
 
 class IntervalSummaryManager(orbit.utils.SummaryManager):

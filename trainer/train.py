@@ -29,11 +29,13 @@ import keras
 import orbit
 import tensorflow as tf
 
+from axial_keras import cli
 from trainer import strategies
 from trainer.checkpointing import (BestCheckpointExporter, checkpoint_step, model_checkpoint,
                                    weights_fingerprint, write_json)
 from trainer.experiments import ExperimentConfig, get_experiment, save_config
-from trainer.monitoring import IntervalSummaryManager, ProgressLogger, format_duration
+from trainer.monitoring import (IntervalSummaryManager, ProgressLogger, format_duration,
+                                orbit_reports_once)
 from trainer.optimization import build_learning_rate, build_optimizer
 from trainer.reliability import (NonFiniteLossError, NonFiniteLossGuard, PreemptedError,
                                  PreemptionWatcher)
@@ -263,9 +265,9 @@ def main(argv) -> None:
     strategies.configure_cpu_replicas(FLAGS.cpu_replicas)
     strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
     try:
-        result = run(config, FLAGS.model_dir, FLAGS.mode, strategy, FLAGS.eval_timeout)
+        with orbit_reports_once():
+            result = run(config, FLAGS.model_dir, FLAGS.mode, strategy, FLAGS.eval_timeout)
     except NonFiniteLossError as error:
-        logging.error("%s", error)
         raise SystemExit(f"error: {error}")
     if result["eval"]:
         metrics = ", ".join(f"{key} {value:.4f}" for key, value in result["eval"].items())
@@ -273,5 +275,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags, __doc__)

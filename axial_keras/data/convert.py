@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, TextIO, Tuple
 import tensorflow as tf
 from absl import logging
 
+from axial_keras import cli
 from axial_keras.data import tfrecord
 from axial_keras.data.cityscapes_panoptic import read_cityscapes_panoptic
 from axial_keras.data.coco_panoptic import read_coco_panoptic
@@ -248,7 +249,4 @@ def main(argv: List[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags, __doc__)

@@ -16,10 +16,11 @@ from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 import keras
 
+from axial_keras import cli
 from axial_keras.models.registry import get_model
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -175,6 +176,8 @@ def define_flags():
     flags.DEFINE_string("model", None, "Registry name of the model to build.")
     flags.DEFINE_string("output", None, "Where to write the converted .keras file.")
     flags.DEFINE_integer("output_stride", None, "Override the model's output stride.")
+    flags.mark_flags_as_required(["deeplab2_checkpoint", "model", "output"])
+
 
 def main(argv) -> Optional[int]:
     del argv
@@ -191,6 +194,4 @@ def main(argv) -> Optional[int]:
 
 
 if __name__ == "__main__":
-    define_flags()
-    flags.mark_flags_as_required(["deeplab2_checkpoint", "model", "output"])
-    app.run(main)
+    cli.run(main, define_flags, __doc__)
