@@ -14,7 +14,6 @@ import tensorflow as tf
 
 from axial_keras.layers import AxialAttention
 from axial_keras.models import get_model
-from axial_keras.models.registry import get_spec
 from axial_keras.panoptic import PanopticPostProcessor
 from benchmarks import measure, scene
 
@@ -162,9 +161,8 @@ def postprocess(height: int, width: int, num_classes: int, centers: int,
 def deeplab(model: str, height: int, width: int, spans: Sequence[Optional[int]],
             repeats: int = 2, matmul_size: int = 2048) -> Dict:
     """One-image forward of a registry Axial-DeepLab at full resolution, local spans."""
-    spec = get_spec(model)
-    backbone = {**spec.kwargs["backbone"], "spans": tuple(spans)}
-    net = get_model(model, num_classes=19, thing_class_ids=range(11, 19), backbone=backbone)
+    net = get_model(model, num_classes=19, thing_class_ids=range(11, 19),
+                    backbone={"spans": tuple(spans)})
     image = tf.random.stateless_uniform((1, height, width, 3), seed=(0, 1), maxval=255.0)
     step = tf.function(lambda x: net(x, training=False))
     before = measure.peak_rss_bytes()

@@ -1,9 +1,12 @@
 """One battery of Keras-convention checks that every layer and model of the package runs.
 
-`run_layer_battery` / `run_model_battery` check: get_config -> from_config round trip,
-eager and symbolic (dynamic-size) calls, compute_output_shape, `.keras` save/load with
-identical outputs, a `fit` that lowers the loss, and the mixed_float16 / mixed_bfloat16
-policies. They use keras APIs only, so the same tests run under KERAS_BACKEND=jax.
+`run_layer_battery` / `run_model_battery` check: exact weight counts, get_config ->
+from_config round trip, eager and symbolic (dynamic-size) calls, compute_output_shape,
+`.keras` save/load with identical outputs, a `fit` that lowers the loss, and the dtype
+policies: an instance built with `dtype=` "float32", "mixed_float16" or "mixed_bfloat16"
+(never through the global policy) computes in that dtype in every layer that holds
+weights, keeps float32 variables and returns tensors of the compute dtype. They use
+keras APIs only, so the same tests run under KERAS_BACKEND=jax.
 """
 
 import os
@@ -46,21 +49,63 @@ def _fit_lowers_loss(model, x, steps=8):
     assert losses[-1] < losses[0], f"fit did not lower the loss: {losses}"
 
 
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def _children(layer: keras.layers.Layer) -> list:
+    """The layers `layer` holds: `Model.layers`, or attributes holding layers or tuples of them."""
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    children = []
+    for value in vars(layer).values():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        children += [v for v in values if isinstance(v, keras.layers.Layer)]
+    return children
+
+
+def weight_owners(layer: keras.layers.Layer) -> dict:
+    """Every layer under `layer` (itself included) that creates weights -> those weights.
+
+    Asserts that the walk reaches the creator of every weight of `layer`.
+    """
+    owners, seen, stack = {}, set(), [layer]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        children = _children(current)
+        held = {id(w) for child in children for w in child.weights}
+        own = [w for w in current.weights if id(w) not in held]
+        if own:
+            owners[current] = own
+        stack += children
+    found = {id(w) for weights in owners.values() for w in weights}
+    assert found == {id(w) for w in layer.weights}, "some weights belong to no walked layer"
+    return owners
+
+
 def _check_policies(build, x):
-    for policy in ("mixed_float16", "mixed_bfloat16"):
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(policy)
-        try:
-            obj = build()
-            out = obj(ops.convert_to_tensor(x), training=False)
-            compute = keras.DTypePolicy(policy).compute_dtype
-            for tensor in _flat(out):
-                assert keras.backend.standardize_dtype(tensor.dtype) == compute, (policy, tensor.dtype)
-                assert np.all(np.isfinite(np.asarray(ops.convert_to_numpy(ops.cast(tensor, "float32")))))
-            for weight in obj.weights:
-                assert weight.dtype == "float32", (policy, weight.path, weight.dtype)
-        finally:
-            keras.config.set_dtype_policy(previous)
+    """`build(dtype=policy)` computes in the policy's dtype in every weighted sublayer."""
+    for policy in POLICIES:
+        compute = keras.DTypePolicy(policy).compute_dtype
+        obj = build(dtype=policy)
+        out = obj(ops.convert_to_tensor(x), training=False)
+        for tensor in _flat(out):
+            assert keras.backend.standardize_dtype(tensor.dtype) == compute, (policy, tensor.dtype)
+            values = ops.convert_to_numpy(ops.cast(tensor, "float32"))
+            assert np.all(np.isfinite(values)), policy
+        wrong = [(layer.name, layer.compute_dtype) for layer in weight_owners(obj)
+                 if layer.compute_dtype != compute]
+        assert not wrong, f"{policy}: layers computing in another dtype: {wrong}"
+        for weight in obj.weights:
+            assert weight.dtype == "float32", (policy, weight.path, weight.dtype)
+
+
+def _check_weight_counts(obj, expected_weights, expected_params):
+    counts = (len(obj.trainable_weights), len(obj.non_trainable_weights))
+    assert counts == tuple(expected_weights), f"(trainable, non-trainable) weights: {counts}"
+    assert obj.count_params() == expected_params, obj.count_params()
 
 
 def _save_load_fit_policies(model, x, eager, fit, build):
@@ -75,11 +120,19 @@ def _save_load_fit_policies(model, x, eager, fit, build):
     _check_policies(build, x)
 
 
-def run_layer_battery(cls, init_kwargs, input_shape, expected_output_shape, fit=True):
-    """Runs the battery on `cls(**init_kwargs)` with a random input of `input_shape`."""
+def run_layer_battery(cls, init_kwargs, input_shape, expected_output_shape, expected_weights,
+                      expected_params, fit=True):
+    """Runs the battery on `cls(**init_kwargs)` with a random input of `input_shape`.
+
+    Args:
+        expected_weights: (trainable, non-trainable) numbers of weight variables.
+        expected_params: int. Number of scalars in all weights.
+    """
     x = np.random.RandomState(0).normal(size=input_shape).astype("float32")
 
     layer = cls(**init_kwargs)
+    layer.build(input_shape)
+    _check_weight_counts(layer, expected_weights, expected_params)
     config = layer.get_config()
     clone = cls.from_config(config)
     assert clone.get_config() == config
@@ -94,13 +147,20 @@ def run_layer_battery(cls, init_kwargs, input_shape, expected_output_shape, fit=
     model = keras.Model(inputs, symbolic)
     _assert_close(model(x, training=False), eager)
 
-    _save_load_fit_policies(model, x, eager, fit, lambda: cls(**init_kwargs))
+    _save_load_fit_policies(model, x, eager, fit, lambda dtype: cls(**init_kwargs, dtype=dtype))
 
 
-def run_model_battery(build, input_shape, fit=True):
-    """Runs the battery on the model returned by `build()` (an input of `input_shape`)."""
+def run_model_battery(build, input_shape, expected_weights, expected_params, fit=True):
+    """Runs the battery on the model returned by `build(dtype=None)` (input `input_shape`).
+
+    Args:
+        build: callable. `build(dtype=policy)` returns a fresh model with that dtype policy.
+        expected_weights: (trainable, non-trainable) numbers of weight variables.
+        expected_params: int. Number of scalars in all weights.
+    """
     x = np.random.RandomState(0).normal(size=input_shape).astype("float32")
-    model = build()
+    model = build(dtype=None)
+    _check_weight_counts(model, expected_weights, expected_params)
     config = model.get_config()
     clone = model.__class__.from_config(config)
     assert clone.get_config() == config

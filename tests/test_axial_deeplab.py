@@ -1,11 +1,14 @@
 """AxialDeepLab: outputs at input resolution for any size, parameter counts against the
 paper and the official model, local span with the same weights, the Keras battery."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
 
-from axial_keras.models import get_model
+from axial_keras.labels import CITYSCAPES, PanopticLabels
+from axial_keras.models import AxialDeepLab, get_model
 from axial_keras.pixels import MID_GREY
 from keras_battery import run_model_battery
 
@@ -76,6 +79,10 @@ def test_axial_deeplab_s_equals_the_official_model_size():
 def test_same_weights_run_with_a_local_span():
     model = get_model("axial_deeplab_tiny", **TINY)
     local = get_model("axial_deeplab_tiny", backbone={"spans": (None, 33, 33, 33, 33)}, **TINY)
+    # the dict override is merged into the variant's backbone config
+    assert local.backbone.spans == (None, 33, 33, 33, 33)
+    assert local.backbone.get_config() == dict(model.backbone.get_config(),
+                                               spans=[None, 33, 33, 33, 33])
     local.set_weights(model.get_weights())
     # 33x33 input: the longest attended axis (17, at stride 2) fits a 33-wide window.
     x = np.random.RandomState(4).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
@@ -91,28 +98,58 @@ def test_bad_arguments_are_named():
 
 
 def test_keras_battery():
-    run_model_battery(lambda: get_model("axial_deeplab_tiny", **TINY), (2, 33, 33, 3))
+    run_model_battery(lambda dtype: get_model("axial_deeplab_tiny", dtype=dtype, **TINY),
+                      (2, 33, 33, 3), (191, 118), 1_168_753)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.train.Checkpoint")
-def test_tf_checkpoint_holds_every_weight(tmp_path):
-    """tf.train.Checkpoint (the trainer's format) saves and restores all variables.
+def test_labels_come_as_a_value_or_as_loose_fields():
+    labels = PanopticLabels.from_ids(6, (2, 3, 4, 5), label_divisor=256, ignore_label=255)
+    by_value = get_model("axial_deeplab_tiny", labels=labels)
+    loose = get_model("axial_deeplab_tiny", label_divisor=256, **TINY)
+    assert by_value.labels == loose.labels == labels
+    assert by_value.get_config()["labels"] == labels.get_config()
+    assert get_model("axial_deeplab_tiny").labels == CITYSCAPES
+    with pytest.raises(ValueError, match="either `labels`"):
+        get_model("axial_deeplab_tiny", labels=labels, num_classes=6)
 
-    Layers kept in Python lists are invisible to TF checkpoints; the decoders once lost
-    their low-level and fusion convolutions that way.
-    """
-    import tensorflow as tf
 
-    def build(seed):
-        keras.utils.set_random_seed(seed)
-        model = get_model("axial_deeplab_tiny", num_classes=5, thing_class_ids=(1, 2))
-        model(np.zeros((1, 33, 33, 3), "float32"))
-        return model
+def test_get_config_returns_exactly_the_constructor_arguments():
+    model = get_model("axial_deeplab_tiny", **TINY)
+    names = set(inspect.signature(AxialDeepLab.__init__).parameters) - {"self", "kwargs"}
+    config = model.get_config()
+    assert set(config) == names | {"name", "dtype"}
+    rebuilt = AxialDeepLab.from_config(config)
+    assert rebuilt.get_config() == config and rebuilt.labels == model.labels
 
-    source, target = build(0), build(1)
-    path = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
-    saved = [name for name, _ in tf.train.list_variables(path) if name.startswith("model/")]
-    assert len(saved) == len(source.weights)
-    tf.train.Checkpoint(model=target).restore(path).assert_consumed()
-    for a, b in zip(source.weights, target.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+def _toy_backbone(keys=("res2", "res3", "res5"), strides=(4, 8, 16)):
+    """A plain convolutional backbone: one strided convolution per endpoint."""
+    inputs = keras.Input((None, None, 3))
+    x, outputs, stride = inputs, {}, 1
+    for key, target in zip(keys, strides):
+        x = keras.layers.Conv2D(8, 3, strides=target // stride, padding="same")(x)
+        outputs[key], stride = x, target
+    return keras.Model(inputs, outputs)
+
+
+def test_any_backbone_with_res2_res3_res5_at_stride_16_fits():
+    model = AxialDeepLab(_toy_backbone(), labels=PanopticLabels.from_ids(4, (1,)),
+                         projection_channels=8, semantic_decoder_channels=8,
+                         semantic_low_level_channels=(4, 4), semantic_head_channels=8,
+                         instance_projection_channels=8, instance_decoder_channels=8,
+                         instance_low_level_channels=(4, 4), instance_head_channels=8)
+    out = model(np.zeros((2, 40, 50, 3), "float32"))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "semantic_logits": (2, 40, 50, 4), "center_heatmap": (2, 40, 50, 1),
+        "center_offsets": (2, 40, 50, 2)}
+    # the toy backbone: three 3x3 convolutions with bias, 3 -> 8 -> 8 -> 8 channels
+    assert model.backbone.count_params() == 224 + 2 * 584
+
+
+def test_backbones_without_the_endpoints_or_strides_are_named():
+    with pytest.raises(ValueError, match=r"lack \['res5'\]"):
+        AxialDeepLab(_toy_backbone(keys=("res2", "res3", "res4")))
+    with pytest.raises(ValueError, match=r"res5.*\(2, 2\).*output_stride=16"):
+        AxialDeepLab(_toy_backbone(strides=(4, 8, 32)))
+    with pytest.raises(ValueError, match="output_stride=16"):
+        get_model("axial_deeplab_tiny", backbone={"output_stride": 32})

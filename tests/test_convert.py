@@ -1,5 +1,5 @@
-"""deeplab2 checkpoint -> our AxialResNet: every weight mapped, outputs equal the
-official code's on its own fixture (shared/fixtures/deeplab2/axial_resnet_s)."""
+"""deeplab2 checkpoint -> our AxialResNetBackbone and AxialDeepLab: every weight mapped,
+outputs equal the official code's on its own fixture (shared/fixtures/deeplab2/axial_resnet_s)."""
 
 import os
 

@@ -177,25 +177,38 @@ def test_drop_path_drops_whole_samples_and_keeps_the_mean():
 
 
 BATTERY = [
-    (AxialAttention, dict(num_heads=2, key_dim=2, value_dim=3, axis=1), (2, 6, 5, 4), (2, 6, 5, 6)),
-    (AxialAttention, dict(num_heads=2, key_dim=2, value_dim=3, axis=2, span=3), (2, 6, 5, 4), (2, 6, 5, 6)),
+    (AxialAttention, dict(num_heads=2, key_dim=2, value_dim=3, axis=1), (2, 6, 5, 4), (2, 6, 5, 6),
+     (10, 6), 3747),
+    (AxialAttention, dict(num_heads=2, key_dim=2, value_dim=3, axis=2, span=3), (2, 6, 5, 4), (2, 6, 5, 6),
+     (10, 6), 3747),
     (AxialAttention, dict(num_heads=2, key_dim=2, value_dim=3, axis=1, span=3, chunk_elements=None),
-     (2, 6, 5, 4), (2, 6, 5, 6)),
-    (AxialAttention2D, dict(num_heads=2, key_dim=2, value_dim=2, strides=2, span=5), (2, 7, 6, 4), (2, 4, 3, 4)),
-    (ConvNormAct, dict(filters=4, kernel_size=3, strides=2, activation="relu"), (2, 7, 6, 3), (2, 4, 3, 4)),
-    (AxialBottleneck, dict(filters=4, strides=2, num_heads=2), (2, 6, 5, 8), (2, 3, 3, 16)),
-    (AxialBottleneck, dict(filters=4, span=3, num_heads=2, drop_path_rate=0.2), (2, 6, 5, 16), (2, 6, 5, 16)),
-    (ConvBottleneck, dict(filters=4, strides=2), (2, 6, 5, 8), (2, 3, 3, 16)),
-    (ConvStem, dict(filters=4), (2, 9, 8, 3), (2, 5, 4, 4)),
-    (ConvStem, dict(filters=4, pool=True), (2, 9, 8, 3), (2, 3, 2, 4)),
-    (InceptionStem, dict(filters=4), (2, 9, 8, 3), (2, 5, 4, 8)),
-    (FullAxialStem, dict(filters=2, span=3, num_heads=2), (2, 9, 8, 3), (2, 5, 4, 8)),
-    (DropPath, dict(rate=0.3, seed=2), (2, 5, 4, 3), (2, 5, 4, 3)),
+     (2, 6, 5, 4), (2, 6, 5, 6), (10, 6), 3747),
+    (AxialAttention2D, dict(num_heads=2, key_dim=2, value_dim=2, strides=2, span=5), (2, 7, 6, 4), (2, 4, 3, 4),
+     (20, 12), 6412),
+    (ConvNormAct, dict(filters=4, kernel_size=3, strides=2, activation="relu"), (2, 7, 6, 3), (2, 4, 3, 4),
+     (3, 2), 124),
+    (AxialBottleneck, dict(filters=4, strides=2, num_heads=2), (2, 6, 5, 8), (2, 3, 3, 16),
+     (29, 18), 9184),
+    (AxialBottleneck, dict(filters=4, span=3, num_heads=2, drop_path_rate=0.2), (2, 6, 5, 16), (2, 6, 5, 16),
+     (26, 16), 9056),
+    (ConvBottleneck, dict(filters=4, strides=2), (2, 6, 5, 8), (2, 3, 3, 16),
+     (12, 8), 528),
+    (ConvStem, dict(filters=4), (2, 9, 8, 3), (2, 5, 4, 4),
+     (3, 2), 604),
+    (ConvStem, dict(filters=4, pool=True), (2, 9, 8, 3), (2, 3, 2, 4),
+     (3, 2), 604),
+    (InceptionStem, dict(filters=4), (2, 9, 8, 3), (2, 5, 4, 8),
+     (9, 6), 604),
+    (FullAxialStem, dict(filters=2, span=3, num_heads=2), (2, 9, 8, 3), (2, 5, 4, 8),
+     (81, 50), 13308),
+    (DropPath, dict(rate=0.3, seed=2), (2, 5, 4, 3), (2, 5, 4, 3),
+     (0, 0), 0),
 ]
 
 
-@pytest.mark.parametrize("cls, kwargs, input_shape, output_shape", BATTERY,
+@pytest.mark.parametrize("cls, kwargs, input_shape, output_shape, weights, params", BATTERY,
                          ids=[f"{c.__name__}-{i}" for i, (c, *_rest) in enumerate(BATTERY)])
-def test_keras_battery(cls, kwargs, input_shape, output_shape):
+def test_keras_battery(cls, kwargs, input_shape, output_shape, weights, params):
     # DropPath has no weights, so there is nothing for fit to lower.
-    run_layer_battery(cls, kwargs, input_shape, output_shape, fit=cls is not DropPath)
+    run_layer_battery(cls, kwargs, input_shape, output_shape, weights, params,
+                      fit=cls is not DropPath)

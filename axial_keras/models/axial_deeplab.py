@@ -114,7 +114,8 @@ class AxialDeepLab(keras.Model):
                     dtype=dtype)
 
         images = keras.Input(shape=tuple(input_shape), name="images")
-        x = keras.layers.Rescaling(1.0 / MID_GREY, offset=-1.0, name="normalize", dtype=dtype)(images)
+        x = keras.layers.Rescaling(1.0 / MID_GREY, offset=-1.0, name="normalize",
+                                   dtype=dtype)(images)
         x = PadToStride(OUTPUT_STRIDE, name="pad", dtype=dtype)(x)
         features = backbone(x)
         levels = [features[key] for key in FEATURE_STRIDES]
@@ -137,7 +138,9 @@ class AxialDeepLab(keras.Model):
             resized = ResizeAlignCorners(rescale_offsets=key == "center_offsets",
                                          name=f"upsample_{key}", dtype=dtype)([raw[key], x])
             outputs[key] = CropToReference(name=f"crop_{key}", dtype=dtype)([resized, images])
-        super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
+        super().__init__(inputs=images, outputs=outputs, **kwargs)
+        # A functional model ignores `dtype=`; its layers above were given the policy.
+        self.dtype_policy = dtype
 
         self.backbone = backbone
         self.labels = labels

@@ -181,8 +181,9 @@ class AxialResNetBackbone(keras.Model):
             endpoints[f"stage{stage + 2}"] = preactivation
             endpoints[f"res{stage + 2}"] = x
 
-        super().__init__(inputs=inputs, outputs=endpoints, dtype=dtype, **kwargs)
-
+        super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
+        # A functional model ignores `dtype=`; its layers above were given the policy.
+        self.dtype_policy = dtype
         self.stem = stem
         self.width_multiplier = width_multiplier
         self.stem_width_multiplier = stem_width_multiplier
@@ -237,8 +238,5 @@ class AxialResNetBackbone(keras.Model):
         return functional_madds(self, input_shape)
 
     @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+    def from_config(cls, config: dict) -> "AxialResNetBackbone":
         return cls(**config)

@@ -44,7 +44,9 @@ class AxialResNetClassifier(keras.Model):
                                                   name="classifier", dtype=dtype)
         inputs = backbone.input
         logits = self.classifier_head(self.avg_pool(backbone(inputs)[feature_key]))
-        super().__init__(inputs=inputs, outputs=logits, dtype=dtype, **kwargs)
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        # A functional model ignores `dtype=`; its layers above were given the policy.
+        self.dtype_policy = dtype
         self.backbone = backbone
         self.num_classes = num_classes
         self.feature_key = feature_key

@@ -119,8 +119,8 @@ def deeplab2_key(path: str, stem: str) -> str:
 
 
 def load_deeplab2_weights(model: keras.Model, checkpoint_path: str) -> None:
-    """Assigns every weight of `model` (`AxialResNet` or `AxialDeepLab`) from a deeplab2
-    checkpoint.
+    """Assigns every weight of `model` (an Axial-ResNet model or `AxialDeepLab`) from a
+    deeplab2 checkpoint.
 
     Raises:
         ValueError: naming model weights with no checkpoint tensor, size mismatches,

@@ -91,7 +91,7 @@ def list_models() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def get_config(name: str) -> ModelConfig:
+def get_variant(name: str) -> ModelConfig:
     """The registered config of variant `name`."""
     if name not in _REGISTRY:
         raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(list_models())}.")
@@ -146,7 +146,7 @@ def get_model(name: str, **overrides) -> keras.Model:
     >>> model = get_model("axial_resnet_s", num_classes=1000)
     >>> model = get_model("axial_deeplab_s", backbone={"spans": (None, 65, 65, 65, 65)})
     """
-    config = get_config(name)
+    config = get_variant(name)
     overrides = dict(overrides)
     model_args = {"name": name, **_pop(overrides, _MODEL_ARGS)}
     if isinstance(config, AxialResNetConfig):
