@@ -1,8 +1,15 @@
-"""The main job (`make demo`): train a tiny Axial-DeepLab on the embedded digits-panoptic
-set with plain `model.fit`, measure PQ on held-out images and write overlay PNGs.
+"""The `model.fit` route: train a tiny Axial-DeepLab on the embedded digits-panoptic set
+with plain `model.compile` + `model.fit`, measure PQ on held-out images with the
+`PanopticPredictor` and the post-processing settings of the `digits_panoptic` experiment
+(`axial_keras.data.DIGITS_POST_PROCESSING`), and write overlay PNGs. (`make demo` runs
+the Orbit trainer route: `python -m trainer.train --experiment=digits_panoptic`.)
 
     python -m axial_keras.demo [--epochs=N] [--output_dir=DIR]
     python -m axial_keras.demo --task=classification   # the digits classifier
+
+With `--output_dir`, the trained model is saved there as `axial_deeplab_tiny_digits.keras`
+beside its `model.json`, `labels.json` and `post_processing.json`, so
+`python -m export.saved_model --checkpoint=DIR/axial_deeplab_tiny_digits.keras` exports it.
 """
 
 import os
@@ -13,12 +20,14 @@ import numpy as np
 from absl import flags
 
 from axial_keras import cli
-from axial_keras.data import (DIGITS_PANOPTIC, digits_panoptic_dataset,
+from axial_keras.data import (DIGITS_PANOPTIC, DIGITS_POST_PROCESSING, digits_panoptic_dataset,
                               generate_digits_panoptic, load_digits)
+from axial_keras.labels import PanopticLabels
 from axial_keras.metrics import PanopticQuality
 from axial_keras.models import get_model
-from axial_keras.panoptic import (PanopticPostProcessor, colorize_panoptic, overlay,
-                                  side_by_side, write_png)
+from axial_keras.panoptic import (PanopticPredictor, colorize_panoptic, overlay, side_by_side,
+                                  write_png)
+from axial_keras.saving import write_model_artifacts
 
 FLAGS = flags.FLAGS
 
@@ -52,63 +61,32 @@ def train_digits(model_name: str = "axial_resnet_tiny", epochs: int = 12, batch_
     return model, float(accuracy), seconds
 
 
-def panoptic_post_processor(meta=DIGITS_PANOPTIC, center_threshold: float = 0.1,
-                            nms_kernel: int = 7) -> PanopticPostProcessor:
-    """Post-processing for the digits-panoptic demo (small images, at most 16 centres)."""
-    return PanopticPostProcessor(meta.thing_class_ids, meta.label_divisor, meta.ignore_label,
-                                 center_threshold=center_threshold, nms_kernel=nms_kernel,
-                                 keep_k_centers=16, stuff_area_limit=16)
+def predict_batches(predictor: PanopticPredictor, images: np.ndarray,
+                    batch_size: int = 32) -> np.ndarray:
+    """Panoptic maps int32 `[n, H, W]` of `images` (uint8 `[n, H, W, 3]`), in batches."""
+    return np.concatenate([
+        np.asarray(predictor(images[start:start + batch_size].astype("float32"))["panoptic"])
+        for start in range(0, len(images), batch_size)])
 
 
-def predict_batches(model, images, batch_size: int = 32) -> list:
-    """Model outputs for `images`, one dict per batch of `batch_size`."""
-    return [model(images[start:start + batch_size].astype("float32"), training=False)
-            for start in range(0, len(images), batch_size)]
-
-
-def evaluate_panoptic(model, images, labels, meta=DIGITS_PANOPTIC, batch_size: int = 32,
-                      post: PanopticPostProcessor = None, outputs: list = None):
-    """PQ of `model` on `(images, labels)`; returns (PQ result dict, predicted maps).
-
-    `outputs` (from `predict_batches` with the same `batch_size`) skips the forward pass.
-    """
-    post = post or panoptic_post_processor(meta)
-    outputs = outputs if outputs is not None else predict_batches(model, images, batch_size)
-    metric = PanopticQuality(meta.num_classes, meta.thing_class_ids, meta.label_divisor,
-                             meta.ignore_label)
-    predictions = []
-    for index, output in enumerate(outputs):
-        panoptic = np.asarray(post(output)["panoptic"])
-        metric.update_state(labels[index * batch_size:(index + 1) * batch_size], panoptic)
-        predictions.append(panoptic)
+def evaluate_panoptic(predictor: PanopticPredictor, images: np.ndarray, labels: np.ndarray,
+                      batch_size: int = 32):
+    """PQ of `predictor` on `(images, labels)`; returns (PQ result dict, predicted maps)."""
+    predictions = predict_batches(predictor, images, batch_size)
+    metric = PanopticQuality(predictor.labels)
+    metric.update_state(labels, predictions)
     result = {k: np.asarray(v) for k, v in metric.result().items()}
-    return result, np.concatenate(predictions)
+    return result, predictions
 
 
-def select_post_processor(model, images, labels, meta=DIGITS_PANOPTIC) -> PanopticPostProcessor:
-    """Picks the centre threshold and NMS kernel with the best PQ on validation images."""
-    outputs = predict_batches(model, images)
-    best, best_pq = None, -1.0
-    for threshold in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
-        for kernel in (7, 9, 11, 13):
-            post = panoptic_post_processor(meta, threshold, kernel)
-            result = evaluate_panoptic(model, images, labels, meta, post=post, outputs=outputs)[0]
-            if float(result["pq"]) > best_pq:
-                best, best_pq = post, float(result["pq"])
-    return best
-
-
-def write_overlays(output_dir: str, images, labels, predictions, meta=DIGITS_PANOPTIC,
-                   count: int = 8) -> list:
+def write_overlays(output_dir: str, images, labels, predictions,
+                   panoptic_labels: PanopticLabels = DIGITS_PANOPTIC, count: int = 8) -> list:
     """Writes `image | ground truth | prediction` overlay PNGs; returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    colour = dict(label_divisor=meta.label_divisor, ignore_label=meta.ignore_label,
-                  thing_class_ids=meta.thing_class_ids, num_classes=meta.num_classes)
     paths = []
     for i in range(min(count, len(images))):
-        tile = side_by_side(images[i],
-                            overlay(images[i], colorize_panoptic(labels[i], **colour)),
-                            overlay(images[i], colorize_panoptic(predictions[i], **colour)))
+        tile = side_by_side(
+            images[i], overlay(images[i], colorize_panoptic(labels[i], panoptic_labels)),
+            overlay(images[i], colorize_panoptic(predictions[i], panoptic_labels)))
         path = os.path.join(output_dir, f"digits_panoptic_{i}.png")
         write_png(path, tile)
         paths.append(path)
@@ -122,9 +100,9 @@ def train_digits_panoptic(epochs: int = 14, num_train: int = 2400, num_test: int
     """Trains `axial_deeplab_tiny` on digits-panoptic with `model.fit`.
 
     Returns:
-        (model, PQ result dict (with the chosen `post_processing`), training seconds,
-        overlay paths). With `output_dir`, overlays and the trained `.keras` model are
-        written there.
+        (model, PQ result dict, training seconds, overlay paths). With `output_dir`,
+        overlays, the trained `.keras` model and its description (`axial_keras.saving`)
+        are written there.
     """
     meta = DIGITS_PANOPTIC
     keras.utils.set_random_seed(seed)
@@ -146,17 +124,14 @@ def train_digits_panoptic(epochs: int = 14, num_train: int = 2400, num_test: int
     start = time.perf_counter()
     model.fit(train, epochs=epochs, verbose=verbose)
     seconds = time.perf_counter() - start
-    # Post-processing thresholds are chosen on validation scenes made from the training
-    # digits (a different seed), never on the held-out test digits.
-    val_images, val_labels = generate_digits_panoptic(num_test, "train", image_size,
-                                                      seed=seed + 2)
-    post = select_post_processor(model, val_images, val_labels, meta)
-    result, predictions = evaluate_panoptic(model, test_images, test_labels, meta, post=post)
-    result["post_processing"] = post.get_config()
+    predictor = PanopticPredictor(model, meta, DIGITS_POST_PROCESSING)
+    result, predictions = evaluate_panoptic(predictor, test_images, test_labels)
     paths = []
     if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
         paths = write_overlays(output_dir, test_images, test_labels, predictions, meta)
         model.save(os.path.join(output_dir, "axial_deeplab_tiny_digits.keras"))
+        write_model_artifacts(output_dir, model, meta, DIGITS_POST_PROCESSING)
     return model, result, seconds, paths
 
 
@@ -175,9 +150,9 @@ def main(argv):
     print(f"held-out PQ {100 * result['pq']:.1f} (things {100 * result['pq_things']:.1f}, "
           f"stuff {100 * result['pq_stuff']:.1f}), SQ {100 * result['sq']:.1f}, "
           f"RQ {100 * result['rq']:.1f} on {FLAGS.num_test} images")
-    post = result["post_processing"]
-    print(f"post-processing chosen on validation scenes: center_threshold "
-          f"{post['center_threshold']}, nms_kernel {post['nms_kernel']}")
+    print(f"post-processing (the digits_panoptic experiment's): center_threshold "
+          f"{DIGITS_POST_PROCESSING.center_threshold}, nms_kernel "
+          f"{DIGITS_POST_PROCESSING.nms_kernel}")
     print("overlays (image | ground truth | prediction):", ", ".join(paths))
 
 

@@ -92,6 +92,11 @@ class PanopticLabels:
         return tuple(c.id for c in self.classes if not c.is_thing)
 
     @property
+    def void_id(self) -> int:
+        """The panoptic id of void pixels, `ignore_label * label_divisor`."""
+        return self.ignore_label * self.label_divisor
+
+    @property
     def class_names(self) -> Tuple[str, ...]:
         return tuple(c.name for c in self.classes)
 

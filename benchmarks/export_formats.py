@@ -36,10 +36,11 @@ from absl import app, flags
 
 from axial_keras.data import generate_digits_panoptic
 from axial_keras.metrics import PanopticQuality
+from axial_keras.saving import write_model_artifacts
 from export import onnx as export_onnx
 from export import saved_model, tflite
 from export.runtime import load_exported
-from trainer.experiments import get_experiment
+from trainer.experiments import build_model, get_experiment, save_config
 
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                               "export_formats.json")
@@ -79,9 +80,7 @@ def _per_image(run, images) -> Tuple[Dict[str, np.ndarray], List[float]]:
 
 
 def _pq(config, labels: np.ndarray, panoptic: np.ndarray) -> Dict[str, float]:
-    task = config.task
-    metric = PanopticQuality(task.num_classes, task.thing_class_ids, task.label_divisor,
-                             task.ignore_label)
+    metric = PanopticQuality(config.task.labels)
     metric.update_state(labels, panoptic)
     result = metric.result()
     return {key: round(100 * float(result[key]), 2) for key in ("pq", "pq_things", "pq_stuff")}
@@ -94,8 +93,12 @@ def measure(checkpoint: str, work_dir: str, num_images: int) -> Dict:
     images, labels = generate_digits_panoptic(num_images, "test", data.image_size,
                                               seed=data.seed + 1)
     saved_dir = os.path.join(work_dir, "saved_model", "1")
+    model_dir = os.path.join(work_dir, "model")
+    save_config(config, model_dir)
+    write_model_artifacts(model_dir, build_model(config), config.task.labels,
+                          config.task.post_processing)
     start = time.perf_counter()
-    saved_model.export_saved_model(config, saved_dir, checkpoint)
+    saved_model.export_saved_model(checkpoint, saved_dir, model_dir=model_dir)
     files = {"saved_model": (saved_dir, time.perf_counter() - start)}
     for quantization in tflite.QUANTIZATIONS:
         path = os.path.join(work_dir, f"digits_{quantization}.tflite")

@@ -31,8 +31,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from axial_keras.data import PanopticMetadata, panoptic_dataset
+from axial_keras.data import panoptic_dataset
 from axial_keras.data.tfrecord import encode_example
+from axial_keras.labels import CITYSCAPES, PanopticLabels
 from axial_keras.panoptic.targets import PanopticTargets
 
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -41,19 +42,14 @@ NUM_SOURCE_EXAMPLES = 16
 
 # (name, source height, source width, image format, crop, metadata)
 CASES = (
-    ("cityscapes", 1024, 2048, "png", (1025, 2049), PanopticMetadata(
-        class_names=tuple(f"class_{i}" for i in range(19)), num_classes=19,
-        thing_class_ids=tuple(range(11, 19)), stuff_class_ids=tuple(range(11)),
-        label_divisor=1000, ignore_label=255)),
-    ("coco", 640, 640, "jpeg", (641, 641), PanopticMetadata(
-        class_names=tuple(f"class_{i}" for i in range(133)), num_classes=133,
-        thing_class_ids=tuple(range(80)), stuff_class_ids=tuple(range(80, 133)),
-        label_divisor=256, ignore_label=255)),
+    ("cityscapes", 1024, 2048, "png", (1025, 2049), CITYSCAPES),
+    ("coco", 640, 640, "jpeg", (641, 641), PanopticLabels.from_ids(
+        133, range(80), label_divisor=256, ignore_label=255)),
 )
 
 
 def _synthetic_example(rng: np.random.Generator, height: int, width: int,
-                       metadata: PanopticMetadata) -> Tuple[np.ndarray, np.ndarray]:
+                       metadata: PanopticLabels) -> Tuple[np.ndarray, np.ndarray]:
     """A photo-like uint8 image (smooth shading, texture) and a panoptic map with
     stuff bands, about 20 thing instances and a void strip."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -81,7 +77,7 @@ def _synthetic_example(rng: np.random.Generator, height: int, width: int,
 
 
 def write_records(directory: str, name: str, height: int, width: int, image_format: str,
-                  metadata: PanopticMetadata, num_examples: int) -> Tuple[str, float]:
+                  metadata: PanopticLabels, num_examples: int) -> Tuple[str, float]:
     """Writes `num_examples` synthetic examples; returns the path and mean image bytes."""
     rng = np.random.default_rng(0)
     path = os.path.join(directory, f"{name}.tfrecord")
@@ -96,11 +92,11 @@ def write_records(directory: str, name: str, height: int, width: int, image_form
     return path, float(np.mean(sizes))
 
 
-def measure(path: str, crop: Tuple[int, int], metadata: PanopticMetadata,
+def measure(path: str, crop: Tuple[int, int], metadata: PanopticLabels,
             num_parallel_calls: int, images: int, warmup: int,
             targets: Optional[PanopticTargets] = None) -> Dict[str, Any]:
     """Training images/s after `warmup` examples, over `images` examples."""
-    dataset = panoptic_dataset(path, training=True, metadata=metadata, crop_size=crop,
+    dataset = panoptic_dataset(path, training=True, labels=metadata, crop_size=crop,
                                seed=0, num_parallel_calls=num_parallel_calls,
                                targets=targets)
     iterator = iter(dataset)
@@ -116,7 +112,7 @@ def measure(path: str, crop: Tuple[int, int], metadata: PanopticMetadata,
             "images_per_second": round(images / seconds, 2)}
 
 
-def measure_model(name: str, path: str, crop: Tuple[int, int], metadata: PanopticMetadata,
+def measure_model(name: str, path: str, crop: Tuple[int, int], metadata: PanopticLabels,
                   batch_size: int, steps: int) -> Dict[str, Any]:
     """Training images/s of registry model `name` on pipeline batches, after one step."""
     import keras
@@ -127,7 +123,7 @@ def measure_model(name: str, path: str, crop: Tuple[int, int], metadata: Panopti
                       thing_class_ids=metadata.thing_class_ids,
                       label_divisor=metadata.label_divisor, ignore_label=metadata.ignore_label)
     model.compile(keras.optimizers.Adam(1e-4))
-    batch = next(iter(panoptic_dataset(path, training=True, metadata=metadata,
+    batch = next(iter(panoptic_dataset(path, training=True, labels=metadata,
                                        crop_size=crop, batch_size=batch_size, seed=0)))
     model.train_on_batch(batch["image"], batch["panoptic"])
     start = time.perf_counter()
@@ -151,8 +147,7 @@ def run(images: int, warmup: int, output: str, model: str = "", model_batch_size
         for name, height, width, image_format, crop, metadata in CASES:
             path, image_bytes = write_records(directory, name, height, width, image_format,
                                               metadata, NUM_SOURCE_EXAMPLES)
-            targets = PanopticTargets(metadata.num_classes, metadata.thing_class_ids,
-                                      metadata.label_divisor, metadata.ignore_label)
+            targets = PanopticTargets(metadata)
             for calls, with_targets in ((1, False), (2, False), (tf.data.AUTOTUNE, False),
                                         (tf.data.AUTOTUNE, True)):
                 result = measure(path, crop, metadata, calls, images, warmup,

@@ -133,8 +133,9 @@ def postprocess(height: int, width: int, num_classes: int, centers: int,
                 matmul_size: int = 2048) -> Dict:
     """Milliseconds per image of `PanopticPostProcessor` (tf.function) on synthetic outputs."""
     things = tuple(range(num_classes - 8, num_classes))
-    post = PanopticPostProcessor(things, label_divisor=1000, nms_kernel=nms_kernel,
-                                 keep_k_centers=centers, stuff_area_limit=stuff_area_limit)
+    post = PanopticPostProcessor.from_ids(things, label_divisor=1000, num_classes=num_classes,
+                                          nms_kernel=nms_kernel, keep_k_centers=centers,
+                                          stuff_area_limit=stuff_area_limit)
     call = tf.function(lambda outputs: post(outputs))
     results = []
 

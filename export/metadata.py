@@ -1,4 +1,4 @@
-"""What an exported model needs to be read back: label encoding, classes, input size.
+"""What an exported model needs to be read back: its labels, post-processing, input size.
 
 Every exported file carries one `ExportMetadata` as JSON, so `python -m export.predict`
 (or any other reader) can colour and name its outputs without the experiment registry:
@@ -13,6 +13,10 @@ import json
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from axial_keras.files import write_atomically
+from axial_keras.labels import PanopticLabels
+from axial_keras.panoptic import PostProcessingSettings
+
 METADATA_KEY = "axial_keras"
 SAVED_MODEL_FILE = os.path.join("assets.extra", "axial_keras.json")
 
@@ -22,12 +26,14 @@ class ExportMetadata:
     """Describes one exported model.
 
     Attributes:
-        experiment: the experiment's name.
-        config: the full experiment config (`trainer.experiments.to_dict`).
-        num_classes, thing_class_ids, label_divisor, ignore_label: the panoptic label
-            encoding (panoptic id = class * label_divisor + instance; void class
-            `ignore_label`).
-        post_processing: `PanopticPostProcessor` arguments used inside the graph.
+        labels: the model's `PanopticLabels` (class names, things, label encoding:
+            panoptic id = class * label_divisor + instance; void class `ignore_label`).
+        post_processing: the `PostProcessingSettings` used inside the graph.
+        model_config: the model's own config (`keras.saving.serialize_keras_object`).
+        training_data: the `data` section of the trainer run's config.json (None when the
+            checkpoint came without one): the default LiteRT / ONNX input size and the
+            int8 calibration images come from it.
+        experiment: the trainer run's experiment name (None without a config.json).
         checkpoint: the weights exported (None: freshly initialized).
         format: "saved_model", "tflite" or "onnx".
         input_size: fixed `(height, width)` of the input; None for any size.
@@ -35,13 +41,11 @@ class ExportMetadata:
         quantization: "none", "float16", "dynamic" or "int8".
     """
 
-    experiment: str
-    config: Dict[str, Any]
-    num_classes: int
-    thing_class_ids: Tuple[int, ...]
-    label_divisor: int
-    ignore_label: int
-    post_processing: Dict[str, Any]
+    labels: PanopticLabels
+    post_processing: PostProcessingSettings
+    model_config: Dict[str, Any]
+    training_data: Optional[Dict[str, Any]] = None
+    experiment: Optional[str] = None
     checkpoint: Optional[str] = None
     format: str = "saved_model"
     input_size: Optional[Tuple[int, int]] = None
@@ -49,29 +53,35 @@ class ExportMetadata:
     quantization: str = "none"
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        values = dataclasses.asdict(self)
+        values["labels"] = self.labels.get_config()
+        values["post_processing"] = self.post_processing.get_config()
+        return json.dumps(values, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ExportMetadata":
         values = json.loads(text)
-        values["thing_class_ids"] = tuple(values["thing_class_ids"])
+        values["labels"] = PanopticLabels.from_config(values["labels"])
+        values["post_processing"] = PostProcessingSettings.from_config(values["post_processing"])
         if values.get("input_size") is not None:
             values["input_size"] = tuple(values["input_size"])
         return cls(**values)
 
     def default_input_size(self) -> Tuple[int, int]:
-        """The fixed input of a LiteRT / ONNX export by default: the experiment's crop
-        size (for the generated digits, the image size)."""
-        data = self.config["data"]
+        """The fixed input of a LiteRT / ONNX export by default: the training crop size
+        (for the generated digits, the image size).
+
+        Raises:
+            ValueError: when the export has no training data description.
+        """
+        data = self.training_data
+        if not data:
+            raise ValueError("The SavedModel does not say what size its training images had; "
+                             "pass --input_size=HEIGHT,WIDTH.")
         crop = tuple(data.get("crop_size") or ())
         if len(crop) == 2:
             return int(crop[0]), int(crop[1])
         return int(data["image_size"]), int(data["image_size"])
-
-    def colour_args(self) -> Dict[str, Any]:
-        """Keyword arguments of `axial_keras.panoptic.colorize_panoptic`."""
-        return dict(label_divisor=self.label_divisor, ignore_label=self.ignore_label,
-                    thing_class_ids=self.thing_class_ids, num_classes=self.num_classes)
 
 
 def parse_input_size(values: Optional[Sequence[str]]) -> Optional[Tuple[int, int]]:
@@ -93,11 +103,7 @@ def parse_input_size(values: Optional[Sequence[str]]) -> Optional[Tuple[int, int
 
 def write_saved_model_metadata(saved_model_dir: str, metadata: ExportMetadata) -> str:
     """Writes `metadata` into a SavedModel directory; returns the file's path."""
-    path = os.path.join(saved_model_dir, SAVED_MODEL_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(metadata.to_json())
-    return path
+    return write_atomically(os.path.join(saved_model_dir, SAVED_MODEL_FILE), metadata.to_json())
 
 
 def read_saved_model_metadata(saved_model_dir: str) -> ExportMetadata:

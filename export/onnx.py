@@ -23,6 +23,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from axial_keras import cli
+from axial_keras.files import write_atomically
 from export.metadata import METADATA_KEY, parse_input_size, read_saved_model_metadata
 
 DEFAULT_OPSET = 17
@@ -68,11 +69,7 @@ def write_onnx(saved_model_dir: str, output: str, input_size: Optional[Tuple[int
                batch_size: int = 1, opset: int = DEFAULT_OPSET) -> str:
     """`convert`s and writes the `.onnx` file atomically; returns its path."""
     proto = convert(saved_model_dir, input_size, batch_size, opset)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    temporary = f"{output}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as f:
-        f.write(proto.SerializeToString())
-    os.replace(temporary, output)
+    write_atomically(output, proto.SerializeToString())
     logging.info("%s (%d bytes) written", output, os.path.getsize(output))
     return output
 

@@ -11,8 +11,17 @@
 - `NAME_panoptic.png`: the panoptic map in colour (one hue per class, one shade per
   instance, black void; `axial_keras.panoptic.colorize_panoptic`);
 - `NAME_overlay.png`: the image and the map blended over it, side by side;
-- `NAME_segments.json`: one entry per segment: panoptic id, class, instance, area in
-  pixels and instance score.
+- `NAME_segments.json`: one entry per segment (void left out):
+
+      {"id": 2049, "class": 8, "class_name": "digit_8", "is_thing": true,
+       "instance": 1, "area": 412, "center_score": 0.93}
+
+  `id` is the panoptic id (`class * label_divisor + instance`); `class_name` and
+  `is_thing` come from the labels the exported model carries (`export.metadata`);
+  `instance` is 0 for stuff and crowd segments. `center_score` (things only; absent for
+  stuff) is the predicted centre-heatmap value at the instance's centre: the heatmap is
+  trained towards a Gaussian of peak 1, so it is a confidence near [0, 1], not a
+  calibrated probability, and may slightly exceed 1.
 
 A file that cannot be read or decoded is reported and skipped; the exit status is 1 if
 any was.
@@ -28,6 +37,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from axial_keras import cli
+from axial_keras.files import write_atomically
 from axial_keras.panoptic import colorize_panoptic, overlay, side_by_side, write_png
 from export.images import fit_image, read_image, unfit_map
 from export.metadata import ExportMetadata
@@ -62,16 +72,27 @@ def predict_file(runner, path: str) -> Dict[str, np.ndarray]:
 
 
 def segments(panoptic: np.ndarray, scores: np.ndarray, metadata: ExportMetadata) -> List[Dict]:
-    """One dict per panoptic id present (void excluded)."""
+    """One dict per panoptic id present, void excluded (the module docstring's format).
+
+    Args:
+        panoptic: int `[h, w]`. The panoptic map.
+        scores: float `[h, w]`. `instance_scores` (the centre score of each pixel's
+            instance).
+        metadata: ExportMetadata. Its labels name the classes.
+    """
+    labels = metadata.labels
     result = []
     for segment_id, area in zip(*np.unique(panoptic, return_counts=True)):
-        class_id = int(segment_id) // metadata.label_divisor
-        if class_id == metadata.ignore_label:
+        class_id = int(segment_id) // labels.label_divisor
+        if class_id == labels.ignore_label:
             continue
-        mask = panoptic == segment_id
-        result.append({"id": int(segment_id), "class": class_id,
-                       "instance": int(segment_id) % metadata.label_divisor,
-                       "area": int(area), "score": round(float(scores[mask].max()), 4)})
+        instance = int(segment_id) % labels.label_divisor
+        entry = {"id": int(segment_id), "class": class_id, "class_name": labels.name_of(class_id),
+                 "is_thing": labels.classes[class_id].is_thing, "instance": instance,
+                 "area": int(area)}
+        if instance > 0:
+            entry["center_score"] = round(float(scores[panoptic == segment_id].max()), 4)
+        result.append(entry)
     return result
 
 
@@ -79,14 +100,13 @@ def write_outputs(output_dir: str, name: str, result: Dict[str, np.ndarray],
                   metadata: ExportMetadata) -> Tuple[List[str], List[Dict]]:
     """Writes the three files for one image; returns their paths and the segments."""
     image = result["image"]
-    colour = colorize_panoptic(result["panoptic"], **metadata.colour_args())
+    colour = colorize_panoptic(result["panoptic"], metadata.labels)
     paths = [os.path.join(output_dir, f"{name}_{suffix}")
              for suffix in ("panoptic.png", "overlay.png", "segments.json")]
     write_png(paths[0], colour)
     write_png(paths[1], side_by_side(image, overlay(image, colour)))
     found = segments(result["panoptic"], result["instance_scores"], metadata)
-    with open(paths[2], "w") as f:
-        json.dump(found, f, indent=1)
+    write_atomically(paths[2], json.dumps(found, indent=1) + "\n")
     return paths, found
 
 

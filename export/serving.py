@@ -1,14 +1,17 @@
-"""The serving graph every exported format shares: decoding, padding, model, post-processing.
+"""The serving graph every exported format shares: decoding, padding, the panoptic predictor.
 
-Two entry points, both batched and both with the post-processor inside the graph:
+Two entry points, both batched and both running an `axial_keras.panoptic.PanopticPredictor`
+(the trainer's evaluation path: model, then post-processing) inside the graph:
 
-- `serve_encoded(model, post, images)`: `images` is a `[batch]` `tf.string` of encoded
+- `serve_encoded(predictor, images)`: `images` is a `[batch]` `tf.string` of encoded
   PNG, JPEG, BMP or GIF (first frame) files, decoded to RGB. A batch of mixed sizes is
-  padded bottom/right to the largest height and width with mid-grey (127.5, the value
-  the model pads with itself); `image_size` says each image's own `(height, width)` and
-  everything outside it is void. Each image is post-processed on its own region only.
-- `serve_pixels(model, post, images)`: `images` is `uint8 [batch, height, width, 3]`. No
-  decoding and no `tf.cond`/`tf.map_fn`, so it converts to LiteRT builtins and ONNX.
+  padded bottom/right to the largest height and width with mid-grey
+  (`axial_keras.pixels.MID_GREY`, the value the model pads with itself); `image_size`
+  says each image's own `(height, width)` and everything outside it is void. Each image
+  is post-processed on its own region only.
+- `serve_pixels(predictor, images)`: `images` is `uint8 [batch, height, width, 3]`. No
+  decoding and no `tf.cond`/`tf.map_fn`, so it converts to LiteRT builtins and ONNX
+  (with a predictor built with `unroll=True`: no WHILE loop either).
 
 Both return the dict `OUTPUT_KEYS` names:
 
@@ -16,10 +19,13 @@ Both return the dict `OUTPUT_KEYS` names:
   `ignore_label * label_divisor`).
 - `semantic` int32 `[B, H, W]`: the class (void: `ignore_label`).
 - `instance` int32 `[B, H, W]`: instance id, 1-based per image (0 for stuff and void).
-- `instance_scores` float32 `[B, H, W]`: centre score of each pixel's instance (0 elsewhere).
+- `instance_scores` float32 `[B, H, W]`: the predicted centre-heatmap value at the centre
+  of each pixel's instance (0 for stuff and void). The heatmap is trained towards a
+  Gaussian of peak 1, so it is a confidence near [0, 1] but not a probability: it can
+  slightly exceed 1.
 - `semantic_probability` float32 `[B, H, W]`: softmax probability of the most likely class
-  at each pixel (the class `argmax` of the logits picks; one number per pixel keeps the
-  response small for 133 COCO classes). 0 outside an image's own region.
+  at each pixel (one number per pixel keeps the response small for 133 COCO classes). 0
+  outside an image's own region.
 - `image_size` int32 `[B, 2]`: each image's `(height, width)`; crop `[:h, :w]`.
 
 Bad input raises `tf.errors.InvalidArgumentError` whose message starts with `images[i]`
@@ -28,20 +34,15 @@ too short to hold its size, a zero-size image; corrupt data fails in the decoder
 own message (e.g. "Invalid PNG data", "jpeg::Uncompress failed").
 """
 
-import contextlib
-from typing import Dict, Iterator
+from typing import Dict
 
 import tensorflow as tf
-from keras.src.backend.tensorflow import core as keras_tf_core
-from keras.src.backend.tensorflow import numpy as keras_tf_numpy
 
-from axial_keras.control_flow import static_loops
-from axial_keras.panoptic import PanopticPostProcessor
+from axial_keras.panoptic import PanopticPredictor
+from axial_keras.pixels import MID_GREY
 
-OUTPUT_KEYS = ("panoptic", "semantic", "instance", "instance_scores", "semantic_probability",
-               "image_size")
-POST_PROCESSING_KEYS = ("panoptic", "semantic", "instance", "instance_scores")
-PAD_VALUE = 127.5
+MAP_KEYS = ("panoptic", "semantic", "instance", "instance_scores", "semantic_probability")
+OUTPUT_KEYS = MAP_KEYS + ("image_size",)
 # Every op after the network is created in this name scope, so that quantization can
 # leave post-processing in float (`export.tflite`).
 POST_PROCESSING_SCOPE = "post_processing"
@@ -53,50 +54,6 @@ _JPEG = b"\xff\xd8\xff"
 _BMP = b"BM"
 _GIF = (b"GIF87a", b"GIF89a")
 _HEADER_BYTES = {"png": 24, "bmp": 26, "gif": 10}
-
-
-@contextlib.contextmanager
-def portable_tracing() -> Iterator[None]:
-    """Traces `PanopticPostProcessor` into ops every converter and runtime handles.
-
-    Two Keras 3 (3.15) TensorFlow-backend lowerings are replaced while exported functions
-    are traced, and restored on exit:
-
-    - float `argmax` tests the sign bit (Keras' flush-to-zero fix for -0.0) with
-      `tf.bitcast` + `tf.bitwise.bitwise_and`: LiteRT has no builtin for the AND, tf2onnx
-      none for the bitcast. `x < 0 or (x == 0 and 1 / x < 0)` is the same predicate for
-      every non-NaN float (1 / -0.0 = -inf).
-    - `fori_loop` with Python-int bounds (the post-processor's loop over its
-      `keep_k_centers` centres) is unrolled instead of becoming a `tf.while_loop`: TF
-      2.21's int8 quantizer crashes on a float WHILE loop. Same ops, same order.
-
-    The model and post-processing are traced inside `axial_keras.control_flow.static_loops`,
-    so no loop with a tensor trip count (nor `ops.map`'s TensorList loop) reaches them.
-    """
-    original_signbit = keras_tf_numpy.signbit
-    original_fori_loop = keras_tf_core.fori_loop
-
-    def signbit(x):
-        x = tf.convert_to_tensor(x)
-        if not x.dtype.is_floating:
-            return original_signbit(x)
-        negative_zero = tf.logical_and(tf.equal(x, 0.0), tf.math.reciprocal(x) < 0.0)
-        return tf.logical_or(x < 0.0, negative_zero)
-
-    def fori_loop(lower, upper, body_fun, init_val):
-        if not (isinstance(lower, int) and isinstance(upper, int)):
-            return original_fori_loop(lower, upper, body_fun, init_val)
-        value = init_val
-        for i in range(lower, upper):
-            value = body_fun(tf.constant(i, tf.int32), value)
-        return value
-
-    keras_tf_numpy.signbit, keras_tf_core.fori_loop = signbit, fori_loop
-    try:
-        with static_loops():
-            yield
-    finally:
-        keras_tf_numpy.signbit, keras_tf_core.fori_loop = original_signbit, original_fori_loop
 
 
 def _starts_with(data: tf.Tensor, prefix: bytes) -> tf.Tensor:
@@ -173,7 +130,7 @@ def decode_images(images: tf.Tensor):
 
     Returns:
         `(pixels, image_size)`: float32 `[batch, height, width, 3]` in [0, 255], padded
-        bottom/right with `PAD_VALUE` to the largest height and width, and int32
+        bottom/right with `MID_GREY` to the largest height and width, and int32
         `[batch, 2]` each image's own `(height, width)`.
     """
     count = tf.shape(images)[0]
@@ -190,47 +147,42 @@ def decode_images(images: tf.Tensor):
         decode, (images, indices),
         fn_output_signature=(tf.RaggedTensorSpec([None, None, 3], tf.uint8, ragged_rank=1),
                              tf.TensorSpec([2], tf.int32)))
-    pixels = tf.cast(ragged, tf.float32).to_tensor(default_value=PAD_VALUE)
+    pixels = tf.cast(ragged, tf.float32).to_tensor(default_value=MID_GREY)
     return tf.ensure_shape(pixels, [None, None, None, 3]), sizes
 
 
-def _probability(logits: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_max(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), axis=-1)
-
-
-def _post_process(post: PanopticPostProcessor, outputs: Dict) -> Dict[str, tf.Tensor]:
-    result = post(outputs)
-    return {key: result[key] for key in POST_PROCESSING_KEYS}
-
-
-def _void_values(post: PanopticPostProcessor) -> Dict:
+def _void_values(predictor: PanopticPredictor) -> Dict:
     """The value each output takes outside an image's own region."""
-    return {"panoptic": post.ignore_label * post.label_divisor, "semantic": post.ignore_label,
+    labels = predictor.labels
+    return {"panoptic": labels.void_id, "semantic": labels.ignore_label,
             "instance": 0, "instance_scores": 0.0, "semantic_probability": 0.0}
 
 
-def _post_process_each(post: PanopticPostProcessor, outputs: Dict, probability: tf.Tensor,
+def _post_process_each(predictor: PanopticPredictor, outputs: Dict,
                        sizes: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Post-processes every image on its own `image_size` region, void elsewhere."""
-    shape = tf.shape(probability)
-    void = _void_values(post)
-    keys = POST_PROCESSING_KEYS + ("semantic_probability",)
+    shape = tf.shape(outputs["center_heatmap"])
+    void = _void_values(predictor)
 
     def one(index):
         height, width = sizes[index, 0], sizes[index, 1]
         crop = {key: value[index:index + 1, :height, :width] for key, value in outputs.items()}
-        result = _post_process(post, crop)
-        result["semantic_probability"] = probability[index:index + 1, :height, :width]
+        result = predictor.post_process(crop)
         paddings = [[0, shape[1] - height], [0, shape[2] - width]]
-        return tuple(tf.pad(result[key][0], paddings, constant_values=void[key]) for key in keys)
+        return tuple(tf.pad(result[key][0], paddings, constant_values=void[key])
+                     for key in MAP_KEYS)
 
     signature = tuple(tf.TensorSpec([None, None], tf.float32 if key in (
-        "instance_scores", "semantic_probability") else tf.int32) for key in keys)
+        "instance_scores", "semantic_probability") else tf.int32) for key in MAP_KEYS)
     maps = tf.map_fn(one, tf.range(shape[0]), fn_output_signature=signature)
-    return dict(zip(keys, maps))
+    return dict(zip(MAP_KEYS, maps))
 
 
-def serve_encoded(model, post: PanopticPostProcessor, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+def _named(result: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    return {key: tf.identity(result[key], name=key) for key in OUTPUT_KEYS}
+
+
+def serve_encoded(predictor: PanopticPredictor, images: tf.Tensor) -> Dict[str, tf.Tensor]:
     """`serving_default`: encoded images `tf.string [batch]` -> the `OUTPUT_KEYS` dict.
 
     A batch whose images share one size is post-processed as a batch; a mixed batch
@@ -238,29 +190,21 @@ def serve_encoded(model, post: PanopticPostProcessor, images: tf.Tensor) -> Dict
     sizes through post-processing; the network itself sees the mid-grey padding).
     """
     pixels, sizes = decode_images(images)
-    outputs = model(pixels, training=False)
+    outputs = predictor.network_outputs(pixels)
     with tf.name_scope(POST_PROCESSING_SCOPE):
-        probability = _probability(outputs["semantic_logits"])
         shape = tf.shape(pixels)
         same_size = tf.reduce_all(tf.equal(sizes, shape[1:3][None, :]))
-
-        def batched():
-            result = _post_process(post, outputs)
-            result["semantic_probability"] = probability
-            return result
-
-        result = tf.cond(same_size, batched,
-                         lambda: _post_process_each(post, outputs, probability, sizes))
+        result = tf.cond(same_size, lambda: predictor.post_process(outputs),
+                         lambda: _post_process_each(predictor, outputs, sizes))
         result["image_size"] = sizes
-        return {key: tf.identity(result[key], name=key) for key in OUTPUT_KEYS}
+        return _named(result)
 
 
-def serve_pixels(model, post: PanopticPostProcessor, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+def serve_pixels(predictor: PanopticPredictor, images: tf.Tensor) -> Dict[str, tf.Tensor]:
     """`serving_uint8`: `uint8 [batch, height, width, 3]` -> the `OUTPUT_KEYS` dict."""
-    outputs = model(tf.cast(images, tf.float32), training=False)
+    outputs = predictor.network_outputs(tf.cast(images, tf.float32))
     with tf.name_scope(POST_PROCESSING_SCOPE):
-        result = _post_process(post, outputs)
-        result["semantic_probability"] = _probability(outputs["semantic_logits"])
+        result = predictor.post_process(outputs)
         shape = tf.shape(images)
         result["image_size"] = tf.tile(shape[1:3][None, :], [shape[0], 1])
-        return {key: tf.identity(result[key], name=key) for key in OUTPUT_KEYS}
+        return _named(result)

@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from axial_keras import cli
+from axial_keras.files import write_atomically
 from export.images import fit_image
 from export.serving import POST_PROCESSING_SCOPE
 from export.metadata import (ExportMetadata, embed_tflite_metadata, parse_input_size,
@@ -58,7 +59,10 @@ def calibration_images(metadata: ExportMetadata, input_size: Tuple[int, int],
     Raises:
         ValueError: for a dataset kind without images to calibrate on.
     """
-    data = metadata.config["data"]
+    data = metadata.training_data
+    if not data:
+        raise ValueError("The SavedModel does not say what it was trained on, so there are "
+                         "no int8 calibration images; export from a trainer model_dir.")
     if data["dataset"] == "digits_panoptic":
         from axial_keras.data import generate_digits_panoptic
 
@@ -185,12 +189,7 @@ def write_tflite(saved_model_dir: str, output: str, quantization: str = "none",
     custom = [name for name in operator_names(content) if name.startswith("CUSTOM")]
     if custom:
         raise ValueError(f"The converted model needs non-builtin ops: {custom}.")
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    temporary = f"{output}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as f:
-        f.write(content)
-    os.replace(temporary, output)
+    write_atomically(output, content)
     logging.info("%s (%s, %d bytes) written", output, quantization, len(content))
     return output
 

@@ -4,11 +4,10 @@ Training checkpoints (`model_dir/ckpt-STEP.*`, written by a `tf.train.Checkpoint
 hold `model` and `optimizer` (with its step counter, moments and Lookahead slow weights);
 TensorFlow writes each one to temporary files and renames them, and updates the
 `checkpoint` index last, so a run killed while saving resumes from the previous one. Read
-the model with `tf.train.Checkpoint(model=model)` (as `export` does).
+the model with `axial_keras.saving.load_weights` (as `export` does).
 
-`tf.train.Checkpoint` follows object attributes only: a Keras 3 layer kept in a Python
-list is invisible to it, and its variables would silently miss every checkpoint.
-`model_checkpoint` refuses such a model.
+`axial_keras.saving.model_checkpoint` builds the checkpoint object (it refuses a model
+whose variables TensorFlow's object graph cannot reach).
 
 `BestCheckpointExporter` keeps `model_dir/best/`: the model (`best/ckpt-STEP`)
 of the evaluation with the best metric so far and `best/best.json` (metric, value, step,
@@ -22,7 +21,6 @@ Example:
 """
 
 import hashlib
-import json
 import os
 from typing import Dict, Optional
 
@@ -30,27 +28,10 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from export.weights import untracked_variables
+from axial_keras.files import read_json, write_json
+from axial_keras.saving import model_checkpoint
 
 BEST_FILE = "best.json"
-
-
-def model_checkpoint(model, **extra) -> tf.train.Checkpoint:
-    """`tf.train.Checkpoint(model=model, **extra)`, checked to reach every model variable.
-
-    Args:
-        model: a Keras model.
-        **extra: further objects to track (`optimizer=...`).
-
-    Raises:
-        ValueError: naming model variables that TensorFlow's object graph cannot reach.
-    """
-    missing = untracked_variables(model)
-    if missing:
-        raise ValueError(f"{len(missing)} variables of {model.name} are outside TensorFlow's "
-                         f"object graph (layers held in a Python list?), so checkpoints would "
-                         f"miss them: {', '.join(missing[:3])}.")
-    return tf.train.Checkpoint(model=model, **extra)
 
 
 def checkpoint_step(path: Optional[str]) -> Optional[int]:
@@ -73,16 +54,7 @@ def read_best(directory: str) -> Optional[Dict]:
     path = os.path.join(directory, BEST_FILE)
     if not tf.io.gfile.exists(path):
         return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
-def write_json(path: str, values: Dict) -> None:
-    """Writes `values` as JSON to `path` atomically (temporary file, then rename)."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    return read_json(path)
 
 
 class BestCheckpointExporter:

@@ -1,9 +1,13 @@
 """Experiments: one registry of frozen dataclass configs, typed `section.field=value` overrides.
 
-An experiment has five sections: `task` (what is learned: classes, loss, post-processing),
+An experiment has five sections: `task` (what is learned: a `PanopticTaskConfig` with the
+labels, loss and post-processing, or a `ClassificationTaskConfig`),
 `model` (a registry model name and its options), `data` (where examples come from),
 `optimizer` and `trainer` (loop lengths and intervals). Variants are data: each registered
 experiment is one `ExperimentConfig` value.
+
+Overrides name a field by its dotted path, nested values included
+(`task.post_processing.center_threshold=0.3`, `task.labels.label_divisor=512`).
 
 Example:
 >>> config = get_experiment("digits_panoptic", ["trainer.train_steps=20", "data.batch_size=4"])
@@ -13,39 +17,35 @@ Example:
 """
 
 import dataclasses
-import json
 import os
 import typing
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, Iterable, List, Optional, Tuple, Union
 
-CITYSCAPES_THING_CLASS_IDS = tuple(range(11, 19))
+from axial_keras.data.digits_panoptic import DIGITS_PANOPTIC, DIGITS_POST_PROCESSING
+from axial_keras.files import read_json, write_json
+from axial_keras.labels import CITYSCAPES, PanopticLabels
+from axial_keras.panoptic.postprocessing import PostProcessingSettings
+
 COCO_NUM_THING_CLASSES = 80
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskConfig:
-    """What is learned.
+class PanopticTaskConfig:
+    """What a panoptic experiment learns (Axial-DeepLab).
 
     Attributes:
-        kind: "panoptic" (Axial-DeepLab) or "classification" (Axial-ResNet).
-        num_classes: number of semantic classes (or image classes).
-        thing_class_ids: panoptic classes with instances.
-        label_divisor: panoptic id = class * label_divisor + instance id.
-        ignore_label: class id of void pixels.
+        labels: the label space (`axial_keras.labels.PanopticLabels`).
         sigma: centre Gaussian standard deviation in pixels (loss targets).
         small_instance_area: instances with fewer pixels get `small_instance_weight`.
         small_instance_weight: semantic loss weight on small instances' pixels.
         top_k_percent: fraction of hardest pixels in the bootstrapped cross-entropy.
         semantic_weight, center_weight, offset_weight: loss term weights.
-        center_threshold, nms_kernel, keep_k_centers, stuff_area_limit: post-processing.
-        label_smoothing: classification only.
+        post_processing: `PostProcessingSettings` of evaluation and of the exported model.
     """
 
-    kind: str = "panoptic"
-    num_classes: int = 12
-    thing_class_ids: Tuple[int, ...] = tuple(range(10))
-    label_divisor: int = 256
-    ignore_label: int = 255
+    TYPE: ClassVar[str] = "panoptic"
+
+    labels: PanopticLabels = DIGITS_PANOPTIC
     sigma: float = 8.0
     small_instance_area: int = 4096
     small_instance_weight: float = 3.0
@@ -53,11 +53,26 @@ class TaskConfig:
     semantic_weight: float = 1.0
     center_weight: float = 200.0
     offset_weight: float = 0.01
-    center_threshold: float = 0.1
-    nms_kernel: int = 7
-    keep_k_centers: int = 200
-    stuff_area_limit: int = 0
+    post_processing: PostProcessingSettings = PostProcessingSettings()
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationTaskConfig:
+    """What a classification experiment learns (Axial-ResNet).
+
+    Attributes:
+        num_classes: number of image classes.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    TYPE: ClassVar[str] = "classification"
+
+    num_classes: int = 10
     label_smoothing: float = 0.0
+
+
+TASK_TYPES = {config.TYPE: config for config in (PanopticTaskConfig, ClassificationTaskConfig)}
+TaskConfig = Union[PanopticTaskConfig, ClassificationTaskConfig]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +207,7 @@ class ExperimentConfig:
     """One experiment: a name and its five sections."""
 
     name: str
-    task: TaskConfig = TaskConfig()
+    task: TaskConfig = PanopticTaskConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -228,14 +243,24 @@ def get_experiment(name: str, overrides: Iterable[str] = ()) -> ExperimentConfig
     return apply_overrides(_EXPERIMENTS[name], overrides)
 
 
-def allowed_keys() -> List[str]:
-    """Every `section.field` override key."""
-    return [f"{section}.{field.name}" for section in SECTIONS
-            for field in dataclasses.fields(_section_type(section))]
+def _leaf_keys(prefix: str, value: Any) -> List[str]:
+    """Dotted paths of the overridable fields under a dataclass value."""
+    keys = []
+    for field in dataclasses.fields(value):
+        child = getattr(value, field.name)
+        if dataclasses.is_dataclass(child) and not isinstance(child, PanopticLabels):
+            keys.extend(_leaf_keys(f"{prefix}{field.name}.", child))
+        elif isinstance(child, PanopticLabels):
+            keys.extend(f"{prefix}{field.name}.{name}" for name in ("label_divisor", "ignore_label"))
+        else:
+            keys.append(prefix + field.name)
+    return keys
 
 
-def _section_type(section: str) -> type:
-    return typing.get_type_hints(ExperimentConfig)[section]
+def allowed_keys(config: ExperimentConfig) -> List[str]:
+    """Every `section.field` (or `section.field.subfield`) override key of `config`."""
+    return [key for section in SECTIONS
+            for key in _leaf_keys(f"{section}.", getattr(config, section))]
 
 
 def _parse_value(key: str, text: str, annotation) -> Any:
@@ -272,6 +297,16 @@ def _parse_value(key: str, text: str, annotation) -> Any:
     raise ValueError(f"Override {key!r}: {text!r} is not a valid {getattr(annotation, '__name__', annotation)}.")
 
 
+def _replace(value: Any, path: List[str], text: str, key: str) -> Any:
+    """`value` (a dataclass) with the field at `path` set to `text` parsed by its type."""
+    field, rest = path[0], path[1:]
+    child = getattr(value, field)
+    if rest:
+        return dataclasses.replace(value, **{field: _replace(child, rest, text, key)})
+    annotation = typing.get_type_hints(type(value))[field]
+    return dataclasses.replace(value, **{field: _parse_value(key, text, annotation)})
+
+
 def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> ExperimentConfig:
     """Applies `section.field=value` strings to `config`; returns the new config.
 
@@ -284,54 +319,67 @@ def apply_overrides(config: ExperimentConfig, overrides: Iterable[str]) -> Exper
             raise ValueError(f"Override {override!r} is not of the form section.field=value.")
         key, text = override.split("=", 1)
         key = key.strip()
-        section, _, field = key.partition(".")
-        if section not in SECTIONS or field not in {
-                f.name for f in dataclasses.fields(_section_type(section))}:
-            raise ValueError(f"Unknown override key {key!r}; allowed keys: {', '.join(allowed_keys())}.")
-        section_type = _section_type(section)
-        value = _parse_value(key, text, typing.get_type_hints(section_type)[field])
+        allowed = allowed_keys(config)
+        if key not in allowed:
+            raise ValueError(f"Unknown override key {key!r}; allowed keys: {', '.join(allowed)}.")
+        section, *path = key.split(".")
         config = dataclasses.replace(
-            config, **{section: dataclasses.replace(getattr(config, section), **{field: value})})
+            config, **{section: _replace(getattr(config, section), path, text, key)})
     return config
 
 
 def to_dict(config: ExperimentConfig) -> Dict[str, Any]:
-    """A JSON-ready dict of `config`."""
-    return dataclasses.asdict(config)
+    """A JSON-ready dict of `config` (the task section names its type under `type`)."""
+    values = dataclasses.asdict(config)
+    values["task"] = {"type": config.task.TYPE, **values["task"]}
+    return values
+
+
+def _from_values(cls: type, values: Dict[str, Any], where: str) -> Any:
+    """The dataclass `cls` from its `dataclasses.asdict` form (lists become tuples)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(f"Unknown keys in {where}: {sorted(unknown)}.")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = (hint.from_config(value) if hasattr(hint, "from_config")
+                     else _from_values(hint, value, f"{where}.{name}"))
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
 def from_dict(values: Dict[str, Any]) -> ExperimentConfig:
-    """The inverse of `to_dict` (lists become tuples); unknown keys are an error."""
+    """The inverse of `to_dict`; unknown keys are an error."""
     sections = {}
     for section in SECTIONS:
-        section_type = _section_type(section)
-        hints = typing.get_type_hints(section_type)
         given = dict(values.get(section, {}))
-        unknown = set(given) - set(hints)
-        if unknown:
-            raise ValueError(f"Unknown keys in section {section!r}: {sorted(unknown)}.")
-        sections[section] = section_type(**{
-            k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+        if section == "task":
+            kind = given.pop("type", None)
+            if kind not in TASK_TYPES:
+                raise ValueError(f"task.type must be one of {sorted(TASK_TYPES)}, got {kind!r}.")
+            section_type = TASK_TYPES[kind]
+        else:
+            section_type = typing.get_type_hints(ExperimentConfig)[section]
+        sections[section] = _from_values(section_type, given, f"section {section!r}")
     return ExperimentConfig(name=values["name"], **sections)
 
 
 def save_config(config: ExperimentConfig, directory: str) -> str:
     """Writes `directory/config.json` atomically; returns its path."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "config.json")
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(to_dict(config), f, indent=2, sort_keys=True)
-    os.replace(temporary, path)
-    return path
+    return write_json(os.path.join(directory, "config.json"), to_dict(config))
 
 
 def load_config(path: str) -> ExperimentConfig:
     """Reads a config written by `save_config` (a file, or the directory holding it)."""
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
-    with open(path) as f:
-        return from_dict(json.load(f))
+    return from_dict(read_json(path))
 
 
 def build_model(config: ExperimentConfig, num_replicas: int = 1):
@@ -351,20 +399,19 @@ def build_model(config: ExperimentConfig, num_replicas: int = 1):
     synchronized = (model.synchronized_bn if model.synchronized_bn is not None
                     else num_replicas > 1)
     overrides: Dict[str, Any] = {"synchronized_bn": True} if synchronized else {}
-    if task.kind == "panoptic":
+    if isinstance(task, PanopticTaskConfig):
         backbone = dict(get_spec(model.name).kwargs.get("backbone", {}))
         backbone.update(_backbone_options(model))
         if synchronized:
             backbone["synchronized_bn"] = True
-        overrides.update(num_classes=task.num_classes, thing_class_ids=task.thing_class_ids,
-                         label_divisor=task.label_divisor, ignore_label=task.ignore_label,
+        labels = task.labels
+        overrides.update(num_classes=labels.num_classes, thing_class_ids=labels.thing_class_ids,
+                         label_divisor=labels.label_divisor, ignore_label=labels.ignore_label,
                          backbone=backbone)
-    elif task.kind == "classification":
+    else:
         overrides.update(num_classes=task.num_classes, **_backbone_options(model))
         if model.input_size:
             overrides["input_shape"] = (*model.input_size, model.input_channels)
-    else:
-        raise ValueError(f"Unknown task kind {task.kind!r}; expected 'panoptic' or 'classification'.")
     return get_model(model.name, **overrides)
 
 
@@ -380,7 +427,7 @@ def _backbone_options(model: ModelConfig) -> Dict[str, Any]:
     return options
 
 
-def panoptic_loss_args(task: TaskConfig) -> Dict[str, Any]:
+def panoptic_loss_args(task: PanopticTaskConfig) -> Dict[str, Any]:
     """`PanopticDeepLabLoss` keyword arguments beyond the class list."""
     return dict(sigma=task.sigma, small_instance_area=task.small_instance_area,
                 small_instance_weight=task.small_instance_weight,
@@ -388,21 +435,11 @@ def panoptic_loss_args(task: TaskConfig) -> Dict[str, Any]:
                 center_weight=task.center_weight, offset_weight=task.offset_weight)
 
 
-def post_processor_args(task: TaskConfig) -> Dict[str, Any]:
-    """`PanopticPostProcessor` keyword arguments."""
-    return dict(thing_class_ids=task.thing_class_ids, label_divisor=task.label_divisor,
-                ignore_label=task.ignore_label, center_threshold=task.center_threshold,
-                nms_kernel=task.nms_kernel, keep_k_centers=task.keep_k_centers,
-                stuff_area_limit=task.stuff_area_limit)
-
-
 # The embedded default: digits-panoptic at 64x64, sized for 2 CPU cores (the `make demo` job).
 register(ExperimentConfig(
     name="digits_panoptic",
-    task=TaskConfig(kind="panoptic", num_classes=12, thing_class_ids=tuple(range(10)),
-                    label_divisor=256, ignore_label=255, sigma=3.0,
-                    small_instance_area=16 * 16, center_threshold=0.5, nms_kernel=11,
-                    keep_k_centers=16, stuff_area_limit=16),
+    task=PanopticTaskConfig(labels=DIGITS_PANOPTIC, sigma=3.0, small_instance_area=16 * 16,
+                            post_processing=DIGITS_POST_PROCESSING),
     model=ModelConfig(name="axial_deeplab_tiny"),
     data=DataConfig(dataset="digits_panoptic", num_train_examples=2400, num_eval_examples=200,
                     image_size=64, crop_size=(64, 64), batch_size=16, eval_batch_size=40),
@@ -416,8 +453,7 @@ register(ExperimentConfig(
 
 register(ExperimentConfig(
     name="digits_classification",
-    task=TaskConfig(kind="classification", num_classes=10, thing_class_ids=(),
-                    label_divisor=1, ignore_label=-1),
+    task=ClassificationTaskConfig(num_classes=10),
     model=ModelConfig(name="axial_resnet_tiny", input_size=(32, 32),
                       input_channels=1),
     data=DataConfig(dataset="digits", image_size=32, crop_size=(32, 32), batch_size=32,
@@ -433,18 +469,19 @@ def _paper_panoptic(name: str, model_name: str, dataset: str, batch_size: int,
                     train_steps: int, crop: Tuple[int, int], spans: Tuple[Optional[int], ...]) -> ExperimentConfig:
     """The paper's recipe: RAdam + Lookahead, LR 1e-3, linear warm-up, polynomial decay."""
     if dataset == "cityscapes":
-        task = TaskConfig(kind="panoptic", num_classes=19,
-                          thing_class_ids=CITYSCAPES_THING_CLASS_IDS, label_divisor=1000,
-                          ignore_label=255, sigma=8.0, small_instance_area=4096,
-                          center_threshold=0.1, nms_kernel=13, keep_k_centers=200,
-                          stuff_area_limit=2048)
+        task = PanopticTaskConfig(
+            labels=CITYSCAPES, sigma=8.0, small_instance_area=4096,
+            post_processing=PostProcessingSettings(center_threshold=0.1, nms_kernel=13,
+                                                   keep_k_centers=200, stuff_area_limit=2048))
         folder, eval_batch = "data/cityscapes_panoptic", 1
     else:
-        task = TaskConfig(kind="panoptic", num_classes=133,
-                          thing_class_ids=tuple(range(COCO_NUM_THING_CLASSES)),
-                          label_divisor=256, ignore_label=255, sigma=8.0,
-                          small_instance_area=4096, center_threshold=0.1, nms_kernel=41,
-                          keep_k_centers=200, stuff_area_limit=4096)
+        # Class names come from the converted records' metadata.json.
+        task = PanopticTaskConfig(
+            labels=PanopticLabels.from_ids(133, range(COCO_NUM_THING_CLASSES), label_divisor=256,
+                                           ignore_label=255),
+            sigma=8.0, small_instance_area=4096,
+            post_processing=PostProcessingSettings(center_threshold=0.1, nms_kernel=41,
+                                                   keep_k_centers=200, stuff_area_limit=4096))
         folder, eval_batch = "data/coco_panoptic", 1
     return ExperimentConfig(
         name=name, task=task,

@@ -3,7 +3,8 @@
 A task builds the model, the per-replica training and evaluation inputs, the loss terms
 of a batch, the evaluation prediction, the host-side metrics and the TensorBoard images.
 `PanopticTask` trains Axial-DeepLab with the Panoptic-DeepLab loss and measures PQ/SQ/RQ
-and mIoU on post-processed panoptic maps (optionally multi-scale + flip);
+and mIoU on the panoptic maps of `axial_keras.panoptic.PanopticPredictor` (the
+predictor export serves; optionally multi-scale + flip);
 `ClassificationTask` trains Axial-ResNet with cross-entropy and measures accuracy.
 
 Example:
@@ -19,72 +20,23 @@ import tensorflow as tf
 
 from axial_keras.data import generate_digits_panoptic, load_digits
 from axial_keras.metrics import MeanIoU, PanopticQuality
-from axial_keras.panoptic import (PanopticDeepLabLoss, PanopticPostProcessor,
-                                  colorize_panoptic, overlay, side_by_side)
+from axial_keras.panoptic import (PanopticDeepLabLoss, PanopticPredictor, colorize_panoptic,
+                                  overlay, side_by_side)
+from axial_keras.pixels import MID_GREY
 from trainer import inputs
-from trainer.experiments import (ExperimentConfig, build_model, panoptic_loss_args,
-                                 post_processor_args)
+from trainer.experiments import (ClassificationTaskConfig, ExperimentConfig, PanopticTaskConfig,
+                                 build_model, panoptic_loss_args)
 
-MEAN_PIXEL = 127.5
-DATASETS = {"panoptic": ("digits_panoptic", "tfrecord"), "classification": ("digits",)}
-
-
-def multiscale_outputs(model, images: tf.Tensor, scales: Sequence[float] = (1.0,),
-                       flip: bool = False) -> Dict[str, tf.Tensor]:
-    """Panoptic outputs averaged over input scales and horizontal flips.
-
-    Each scaled (and flipped) copy of `images` goes through `model`; its semantic
-    probabilities, centre heatmap and offsets are flipped back (the offsets' dx changes
-    sign), resized to the input size (offsets rescaled to its pixels) and averaged.
-
-    Args:
-        model: an `AxialDeepLab`.
-        images: float32 `[batch, height, width, 3]` in [0, 255].
-        scales: input scale factors.
-        flip: also run every scale flipped left-right.
-
-    Returns:
-        dict with `semantic_logits` (logits for one unflipped scale of 1, otherwise
-        averaged probabilities: the argmax is what post-processing reads), `center_heatmap
-        [batch, height, width, 1]` and `center_offsets [batch, height, width, 2]` (dy, dx).
-    """
-    if tuple(scales) == (1.0,) and not flip:
-        return model(images, training=False)
-    shape = tf.shape(images)
-    height, width = shape[1], shape[2]
-    size = tf.cast(tf.stack([height, width]), tf.float32)
-    totals, count = None, 0
-    for scale in scales:
-        scaled_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
-        scaled = images if scale == 1.0 else tf.image.resize(images, scaled_size)
-        for flipped in ((False, True) if flip else (False,)):
-            outputs = model(tf.reverse(scaled, [2]) if flipped else scaled, training=False)
-            semantic = tf.nn.softmax(outputs["semantic_logits"], axis=-1)
-            heatmap = outputs["center_heatmap"]
-            offsets = outputs["center_offsets"]
-            if flipped:
-                semantic, heatmap, offsets = (tf.reverse(x, [2])
-                                              for x in (semantic, heatmap, offsets))
-                offsets = offsets * tf.constant([1.0, -1.0])
-            if scale != 1.0:
-                semantic, heatmap, offsets = (tf.image.resize(x, [height, width])
-                                              for x in (semantic, heatmap, offsets))
-                offsets = offsets * (size / tf.cast(scaled_size, tf.float32))
-            values = (semantic, heatmap, offsets)
-            totals = values if totals is None else tuple(t + v for t, v in zip(totals, values))
-            count += 1
-    semantic, heatmap, offsets = (t / count for t in totals)
-    return {"semantic_logits": semantic, "center_heatmap": heatmap, "center_offsets": offsets}
+DATASETS = {PanopticTaskConfig: ("digits_panoptic", "tfrecord"),
+            ClassificationTaskConfig: ("digits",)}
 
 
 class PanopticEvaluation:
     """Host-side PQ/SQ/RQ and mIoU over predicted panoptic maps."""
 
     def __init__(self, config: ExperimentConfig):
-        task = config.task
-        self.quality = PanopticQuality(task.num_classes, task.thing_class_ids,
-                                       task.label_divisor, task.ignore_label)
-        self.miou = MeanIoU(task.num_classes, task.label_divisor, task.ignore_label)
+        self.quality = PanopticQuality(config.task.labels)
+        self.miou = MeanIoU(config.task.labels)
 
     def update(self, labels: np.ndarray, predictions: np.ndarray) -> None:
         """Adds int `[batch, height, width]` ground-truth and predicted panoptic maps."""
@@ -124,11 +76,9 @@ class PanopticTask:
     def __init__(self, config: ExperimentConfig):
         task = config.task
         self.config = config
-        self.loss = PanopticDeepLabLoss(task.num_classes, task.thing_class_ids,
-                                        task.label_divisor, task.ignore_label,
-                                        **panoptic_loss_args(task))
-        self.post_processor = PanopticPostProcessor(**post_processor_args(task))
-        self.void_id = task.ignore_label * task.label_divisor
+        self.labels = task.labels
+        self.loss = PanopticDeepLabLoss(task.labels, **panoptic_loss_args(task))
+        self.void_id = task.labels.void_id
         self._arrays = {}
 
     def build_model(self, num_replicas: int) -> keras.Model:
@@ -154,16 +104,12 @@ class PanopticTask:
         if path is None:
             raise ValueError(f"No metadata.json next to {file_pattern!r}; write the records "
                              "with `python -m axial_keras.data.convert`.")
-        metadata, task = load_metadata(path), self.config.task
-        expected = dict(num_classes=task.num_classes,
-                        thing_class_ids=tuple(task.thing_class_ids),
-                        label_divisor=task.label_divisor, ignore_label=task.ignore_label)
-        found = {key: getattr(metadata, key) for key in expected}
-        found["thing_class_ids"] = tuple(found["thing_class_ids"])
-        wrong = {key: (expected[key], found[key]) for key in expected
-                 if expected[key] != found[key]}
+        records = load_metadata(path)
+        keys = ("num_classes", "thing_class_ids", "label_divisor", "ignore_label")
+        wrong = {key: (getattr(self.labels, key), getattr(records, key)) for key in keys
+                 if getattr(self.labels, key) != getattr(records, key)}
         if wrong:
-            details = "; ".join(f"task.{key}={want!r} but the records have {got!r}"
+            details = "; ".join(f"task.labels.{key}={want!r} but the records have {got!r}"
                                 for key, (want, got) in wrong.items())
             raise ValueError(f"{path} does not match experiment {self.config.name!r}: "
                              f"{details}.")
@@ -202,7 +148,7 @@ class PanopticTask:
                 lambda example: (tf.cast(example["image"], tf.float32), example["panoptic"]))
             count = inputs.count_records(data.eval_file_pattern)
             shape = tuple(data.crop_size) if data.crop_size else (1, 1)
-        void = (tf.fill([*shape, 3], MEAN_PIXEL), tf.fill(shape, self.void_id))
+        void = (tf.fill([*shape, 3], MID_GREY), tf.fill(shape, self.void_id))
         if data.dataset == "digits_panoptic":
             return inputs.padded_eval_dataset(examples, count, void, data.eval_batch_size,
                                               input_context)
@@ -210,7 +156,7 @@ class PanopticTask:
         return inputs.padded_eval_dataset(
             examples, count, void, data.eval_batch_size, input_context,
             padded_shapes=([*padded_size, 3], list(padded_size)),
-            padding_values=(tf.constant(MEAN_PIXEL), tf.constant(self.void_id)))
+            padding_values=(tf.constant(MID_GREY), tf.constant(self.void_id)))
 
     def eval_images(self, count: int) -> np.ndarray:
         """The first `count` evaluation images, uint8 `[count, H, W, 3]` (for summaries)."""
@@ -229,15 +175,19 @@ class PanopticTask:
         terms = {key: tf.cast(value, tf.float32) for key, value in terms.items()}
         return {"loss": tf.add_n(list(terms.values())), **terms}
 
+    def predictor(self, model: keras.Model) -> PanopticPredictor:
+        """The `PanopticPredictor` evaluation runs: the experiment's post-processing, scales
+        and flip."""
+        trainer = self.config.trainer
+        return PanopticPredictor(model, self.labels, self.config.task.post_processing,
+                                 scales=trainer.eval_scales, flip=trainer.eval_flip)
+
     def predict(self, model: keras.Model, images: tf.Tensor) -> tf.Tensor:
         """Predicted panoptic maps int32 `[batch, height, width]`."""
-        trainer = self.config.trainer
-        outputs = multiscale_outputs(model, tf.cast(images, tf.float32),
-                                     trainer.eval_scales, trainer.eval_flip)
         # keras.ops code needs no AutoGraph (it also runs under JAX); converting its
         # nested loop bodies only risks AutoGraph's corner cases.
-        post_process = tf.autograph.experimental.do_not_convert(self.post_processor)
-        return post_process(outputs)["panoptic"]
+        predict = tf.autograph.experimental.do_not_convert(self.predictor(model))
+        return predict(images)["panoptic"]
 
     def new_evaluation(self) -> PanopticEvaluation:
         return PanopticEvaluation(self.config)
@@ -245,15 +195,12 @@ class PanopticTask:
     def summary_images(self, images: Sequence[np.ndarray], labels: np.ndarray,
                        predictions: np.ndarray) -> Optional[np.ndarray]:
         """uint8 `[n, H, 3 W + 4, 3]` tiles: image | ground truth | prediction overlays."""
-        task = self.config.task
-        colour = dict(label_divisor=task.label_divisor, ignore_label=task.ignore_label,
-                      thing_class_ids=task.thing_class_ids, num_classes=task.num_classes)
         tiles = []
         for image, label, prediction in zip(images, labels, predictions):
             height, width = image.shape[:2]
             label, prediction = label[:height, :width], prediction[:height, :width]
-            tiles.append(side_by_side(image, overlay(image, colorize_panoptic(label, **colour)),
-                                      overlay(image, colorize_panoptic(prediction, **colour))))
+            tiles.append(side_by_side(image, overlay(image, colorize_panoptic(label, self.labels)),
+                                      overlay(image, colorize_panoptic(prediction, self.labels))))
         if not tiles or any(tile.shape != tiles[0].shape for tile in tiles):
             return np.stack(tiles[:1]) if tiles else None
         return np.stack(tiles)
@@ -314,17 +261,15 @@ class ClassificationTask:
 
 
 def create_task(config: ExperimentConfig):
-    """The task of `config.task.kind`.
+    """The task of `config.task`'s type.
 
     Raises:
-        ValueError: an unknown kind, or a dataset the kind cannot read.
+        ValueError: a dataset the task cannot read.
     """
-    kinds = {"panoptic": PanopticTask, "classification": ClassificationTask}
-    if config.task.kind not in kinds:
-        raise ValueError(f"Unknown task.kind {config.task.kind!r}; expected one of "
-                         f"{', '.join(kinds)}.")
-    if config.data.dataset not in DATASETS[config.task.kind]:
-        raise ValueError(f"data.dataset {config.data.dataset!r} does not fit task.kind "
-                         f"{config.task.kind!r}; expected one of "
-                         f"{', '.join(DATASETS[config.task.kind])}.")
-    return kinds[config.task.kind](config)
+    task_type = type(config.task)
+    if config.data.dataset not in DATASETS[task_type]:
+        raise ValueError(f"data.dataset {config.data.dataset!r} does not fit a "
+                         f"{task_type.TYPE} task; expected one of "
+                         f"{', '.join(DATASETS[task_type])}.")
+    tasks = {PanopticTaskConfig: PanopticTask, ClassificationTaskConfig: ClassificationTask}
+    return tasks[task_type](config)

@@ -5,7 +5,10 @@
         [--strategy=default|mirrored|multi_worker_mirrored|tpu] [--cpu_replicas=N] \\
         [--override section.field=value ...] [--tpu=ADDRESS] [--eval_timeout=SECONDS]
 
-`model_dir` receives `config.json` (the resolved experiment), checkpoints `ckpt-STEP`
+`model_dir` receives `config.json` (the resolved experiment), the model's own description
+(`model.json`, and for panoptic models `labels.json` and `post_processing.json`:
+`axial_keras.saving`, from which `python -m export.saved_model --checkpoint=DIR` rebuilds
+it), checkpoints `ckpt-STEP`
 every `trainer.checkpoint_interval` steps, TensorBoard summaries in `train/` and `eval/`
 (`tensorboard --logdir DIR`), the best evaluation's weights in `best/` and the latest
 evaluation in `eval_results.json`. A rerun with the same `model_dir` resumes from the
@@ -30,9 +33,10 @@ import orbit
 import tensorflow as tf
 
 from axial_keras import cli
+from axial_keras.files import write_json
+from axial_keras.saving import model_checkpoint, write_model_artifacts
 from trainer import strategies
-from trainer.checkpointing import (BestCheckpointExporter, checkpoint_step, model_checkpoint,
-                                   weights_fingerprint, write_json)
+from trainer.checkpointing import BestCheckpointExporter, checkpoint_step, weights_fingerprint
 from trainer.experiments import ExperimentConfig, get_experiment, save_config
 from trainer.monitoring import (IntervalSummaryManager, ProgressLogger, format_duration,
                                 orbit_reports_once)
@@ -120,6 +124,9 @@ def run(config: ExperimentConfig, model_dir: str, mode: str = "train_and_eval",
                  strategies.describe(strategy))
 
     task, model, optimizer, learning_rate = build(config, strategy)
+    if chief:
+        write_model_artifacts(model_dir, model, getattr(config.task, "labels", None),
+                              getattr(config.task, "post_processing", None))
     global_step = optimizer.iterations.value
     checkpoint = model_checkpoint(model, optimizer=optimizer)
     latest = tf.train.latest_checkpoint(model_dir)

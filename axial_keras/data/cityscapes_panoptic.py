@@ -11,49 +11,29 @@ Layout under `root`:
 `category_id` = the Cityscapes labelId; the categories that Cityscapes ignores in
 evaluation are left unlabelled (segment id 0). Classes here are the 19 evaluation
 classes numbered by trainId (things are trainIds 11-18), label divisor 1000, void class
-255. The class table is embedded, so converting does not need cityscapesscripts.
+255 (`axial_keras.labels.CITYSCAPES`). The class table is embedded, so converting does
+not need cityscapesscripts.
 
 Example:
 >>> source = read_cityscapes_panoptic("/data/cityscapes", "val")
->>> len(source.classes), len(source.examples)
+>>> source.labels.num_classes, len(source.examples)
 (19, 500)
 """
 
 import glob
 import os
 
-from axial_keras.data.panoptic_source import (ClassInfo, DatasetFileError, PanopticSource,
+from axial_keras.data.panoptic_source import (DatasetFileError, PanopticSource,
                                               collect_examples, json_list, read_json)
+from axial_keras.labels import CITYSCAPES
 
 NAME = "cityscapes_panoptic"
-LABEL_DIVISOR = 1000
-IGNORE_LABEL = 255
 SPLITS = ("train", "val")
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 
-# (labelId, trainId, name, hasInstances) of the 19 evaluation classes, from
-# cityscapesscripts/helpers/labels.py.
-CLASSES = (
-    (7, 0, "road", False),
-    (8, 1, "sidewalk", False),
-    (11, 2, "building", False),
-    (12, 3, "wall", False),
-    (13, 4, "fence", False),
-    (17, 5, "pole", False),
-    (19, 6, "traffic light", False),
-    (20, 7, "traffic sign", False),
-    (21, 8, "vegetation", False),
-    (22, 9, "terrain", False),
-    (23, 10, "sky", False),
-    (24, 11, "person", True),
-    (25, 12, "rider", True),
-    (26, 13, "car", True),
-    (27, 14, "truck", True),
-    (28, 15, "bus", True),
-    (31, 16, "train", True),
-    (32, 17, "motorcycle", True),
-    (33, 18, "bicycle", True),
-)
+# The Cityscapes labelId of each evaluation class, by trainId (`CITYSCAPES.classes`),
+# from cityscapesscripts/helpers/labels.py.
+LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
 
 def annotation_path(root: str, split: str) -> str:
@@ -82,16 +62,13 @@ def read_cityscapes_panoptic(root: str, split: str) -> PanopticSource:
     json_path = annotation_path(root, split)
     values = read_json(json_path)
     annotations = json_list(values, "annotations", json_path)
-    names = {label_id: name for label_id, _, name, _ in CLASSES}
+    names = dict(zip(LABEL_IDS, CITYSCAPES.class_names))
     for category in values.get("categories") or ():
         if not isinstance(category, dict) or names.get(category.get("id")) != category.get("name"):
             raise DatasetFileError(
                 json_path, f"category {category!r} is not a Cityscapes evaluation class "
                 "with its labelId; convert the labelId JSON (createPanopticImgs without "
                 "--use-train-id).")
-    classes = tuple(ClassInfo(train_id, label_id, name, has_instances)
-                    for label_id, train_id, name, has_instances in CLASSES)
-
     image_dir = os.path.join(root, "leftImg8bit", split)
     on_disk = glob.glob(os.path.join(image_dir, "*", "*" + _IMAGE_SUFFIX))
 
@@ -104,7 +81,6 @@ def read_cityscapes_panoptic(root: str, split: str) -> PanopticSource:
         annotations, json_path,
         os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}"), image_path_for, on_disk)
     return PanopticSource(
-        name=NAME, split=split, classes=classes,
-        category_to_class={c.source_id: c.id for c in classes},
-        label_divisor=LABEL_DIVISOR, ignore_label=IGNORE_LABEL,
+        name=NAME, split=split, labels=CITYSCAPES, source_ids=LABEL_IDS,
+        category_to_class={label_id: train_id for train_id, label_id in enumerate(LABEL_IDS)},
         examples=examples, problems=problems)

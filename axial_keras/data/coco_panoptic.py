@@ -14,15 +14,16 @@ class); segment id 0 (unlabelled) becomes void.
 
 Example:
 >>> source = read_coco_panoptic("/data/coco", "val")
->>> len(source.classes), len(source.examples)
+>>> source.labels.num_classes, len(source.examples)
 (133, 5000)
 """
 
 import glob
 import os
 
-from axial_keras.data.panoptic_source import (ClassInfo, DatasetFileError, PanopticSource,
+from axial_keras.data.panoptic_source import (DatasetFileError, PanopticSource,
                                               collect_examples, json_list, read_json)
+from axial_keras.labels import PanopticClass, PanopticLabels
 
 NAME = "coco_panoptic"
 LABEL_DIVISOR = 256
@@ -59,14 +60,17 @@ def read_coco_panoptic(root: str, split: str) -> PanopticSource:
     annotations = json_list(values, "annotations", json_path)
     if any(not isinstance(c, dict) or "id" not in c or "name" not in c for c in categories):
         raise DatasetFileError(json_path, "every category needs an 'id' and a 'name'.")
-    classes = tuple(
-        ClassInfo(index, int(c["id"]), str(c["name"]), bool(c.get("isthing", 0)))
-        for index, c in enumerate(sorted(categories, key=lambda c: int(c["id"]))))
-    if len({c.source_id for c in classes}) != len(classes):
+    categories = sorted(categories, key=lambda c: int(c["id"]))
+    source_ids = tuple(int(c["id"]) for c in categories)
+    if len(set(source_ids)) != len(source_ids):
         raise DatasetFileError(json_path, "category ids repeat.")
-    if len(classes) > IGNORE_LABEL:
-        raise DatasetFileError(json_path, f"{len(classes)} categories; at most "
+    if len(categories) > IGNORE_LABEL:
+        raise DatasetFileError(json_path, f"{len(categories)} categories; at most "
                                           f"{IGNORE_LABEL} fit below the void class.")
+    labels = PanopticLabels(
+        tuple(PanopticClass(index, str(c["name"]), bool(c.get("isthing", 0)))
+              for index, c in enumerate(categories)),
+        label_divisor=LABEL_DIVISOR, ignore_label=IGNORE_LABEL)
 
     image_dir = os.path.join(root, f"{split}2017")
     listed = {}
@@ -87,7 +91,6 @@ def read_coco_panoptic(root: str, split: str) -> PanopticSource:
         annotations, json_path, os.path.join(root, "annotations", f"panoptic_{split}2017"),
         image_path_for, on_disk + list(listed.values()))
     return PanopticSource(
-        name=NAME, split=split, classes=classes,
-        category_to_class={c.source_id: c.id for c in classes},
-        label_divisor=LABEL_DIVISOR, ignore_label=IGNORE_LABEL,
+        name=NAME, split=split, labels=labels, source_ids=source_ids,
+        category_to_class={source_id: index for index, source_id in enumerate(source_ids)},
         examples=examples, problems=problems)

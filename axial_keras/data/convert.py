@@ -209,8 +209,7 @@ def convert_dataset(dataset: str, root: str, split: str, output_dir: str, num_sh
     skipped = tuple(source.problems) + tuple(error for _, errors in results
                                              for error in errors)
     tfrecord.write_metadata_json(output_dir, tfrecord.metadata_dict(
-        source.metadata_classes(), source.label_divisor, source.ignore_label,
-        {split: num_examples}))
+        source.labels, source.source_ids, {split: num_examples}))
     return ConversionSummary(dataset, split, output_dir, tuple(paths), num_examples, skipped,
                              time.monotonic() - start)
 

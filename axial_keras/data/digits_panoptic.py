@@ -32,61 +32,31 @@ Example:
 ((8, 64, 64, 3), (8, 64, 64))
 """
 
-import dataclasses
 import functools
 from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from axial_keras.data.digits import test_mask
+from axial_keras.labels import PanopticClass, PanopticLabels
+from axial_keras.panoptic.postprocessing import PostProcessingSettings
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 
-@dataclasses.dataclass(frozen=True)
-class PanopticMetadata:
-    """Class list and label encoding of a panoptic dataset.
-
-    Attributes:
-        class_names: Name of each class, indexed by class id.
-        num_classes: Number of classes (`len(class_names)`).
-        thing_class_ids: Class ids with countable instances.
-        stuff_class_ids: Class ids of amorphous regions (instance id always 0).
-        label_divisor: Panoptic id = `class_id * label_divisor + instance_id`.
-        ignore_label: Class id of void pixels (not in `class_names`).
-    """
-
-    class_names: Tuple[str, ...]
-    num_classes: int
-    thing_class_ids: Tuple[int, ...]
-    stuff_class_ids: Tuple[int, ...]
-    label_divisor: int
-    ignore_label: int
-
-    def __post_init__(self):
-        if self.num_classes != len(self.class_names):
-            raise ValueError(f"num_classes={self.num_classes} but {len(self.class_names)} "
-                             "class names were given.")
-        ids = sorted(self.thing_class_ids + self.stuff_class_ids)
-        if ids != list(range(self.num_classes)):
-            raise ValueError("thing_class_ids and stuff_class_ids must partition "
-                             f"range({self.num_classes}), got {self.thing_class_ids} and "
-                             f"{self.stuff_class_ids}.")
-        if self.label_divisor <= 0:
-            raise ValueError(f"label_divisor must be positive, got {self.label_divisor}.")
-        if 0 <= self.ignore_label < self.num_classes:
-            raise ValueError(f"ignore_label={self.ignore_label} must not be a class id.")
-
-
-DIGITS_PANOPTIC = PanopticMetadata(
-    class_names=tuple(f"digit_{digit}" for digit in range(10)) + ("sand", "water"),
-    num_classes=12,
-    thing_class_ids=tuple(range(10)),
-    stuff_class_ids=(10, 11),
+DIGITS_PANOPTIC = PanopticLabels(
+    classes=tuple(PanopticClass(digit, f"digit_{digit}", True) for digit in range(10))
+    + (PanopticClass(10, "sand", False), PanopticClass(11, "water", False)),
     label_divisor=256,
     ignore_label=255,
 )
+"""The digits-panoptic label space: things `digit_0` .. `digit_9`, stuff `sand`, `water`."""
+
+DIGITS_POST_PROCESSING = PostProcessingSettings(
+    center_threshold=0.5, nms_kernel=11, keep_k_centers=16, stuff_area_limit=16)
+"""Post-processing of digits-panoptic scenes (at most 6 digits and a crowd, 14-28 px):
+the settings of the `digits_panoptic` experiment and of the `model.fit` demo."""
 
 SAND_CLASS_ID = 10
 WATER_CLASS_ID = 11

@@ -17,7 +17,7 @@ does for Panoptic-DeepLab, in this order:
 1. random scale by a factor drawn uniformly from [min_scale, max_scale] (bilinear for
    the image, nearest neighbour for the panoptic map, align-corners sampling);
 2. a random crop_size window of the scaled image; a side shorter than the crop is
-   padded at the bottom/right with the mean pixel 127.5 (the model normalizes it to 0)
+   padded at the bottom/right with mid-grey (`axial_keras.pixels.MID_GREY`, which the model normalizes to 0)
    and void labels, so pad-then-random-crop is what this computes;
 3. photometric jitter of the image pixels (not the padding): hue, saturation, contrast
    and brightness, small and composed into one colour matrix;
@@ -45,10 +45,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
-from axial_keras.data.digits_panoptic import PanopticMetadata
 from axial_keras.data.tfrecord import load_metadata, metadata_path_for, parse_example
-
-MEAN_PIXEL = 127.5
+from axial_keras.labels import PanopticLabels
+from axial_keras.pixels import MID_GREY
 DEFAULT_SHUFFLE_BUFFER = 256
 _PIPELINE_SEED_STRIDE = 7919
 
@@ -62,10 +61,6 @@ BRIGHTNESS_MAX_DELTA = 0.1 * 255.0
 _LUMA = (0.299, 0.587, 0.114)
 # RGB <-> YIQ: hue turns the (I, Q) chroma plane.
 _RGB_TO_YIQ = ((0.299, 0.596, 0.211), (0.587, -0.274, -0.523), (0.114, -0.322, 0.312))
-
-
-def _void_id(metadata: PanopticMetadata) -> int:
-    return metadata.ignore_label * metadata.label_divisor
 
 
 def _uniform(seed: tf.Tensor, low: float, high: float) -> tf.Tensor:
@@ -165,7 +160,7 @@ def augment(image: tf.Tensor, panoptic: tf.Tensor, seed: tf.Tensor,
     pad_height, pad_width = crop_height - window[0], crop_width - window[1]
     pad_x = tf.cond(flipped, lambda: tf.stack([pad_width, 0]), lambda: tf.stack([0, pad_width]))
     padding = tf.stack([tf.stack([0, pad_height]), pad_x])
-    image = tf.pad(image, tf.concat([padding, [[0, 0]]], 0), constant_values=MEAN_PIXEL)
+    image = tf.pad(image, tf.concat([padding, [[0, 0]]], 0), constant_values=MID_GREY)
     panoptic = tf.pad(panoptic, padding, constant_values=void_id)
     image = tf.ensure_shape(image, [crop_height, crop_width, 3])
     panoptic = tf.ensure_shape(panoptic, [crop_height, crop_width])
@@ -178,9 +173,9 @@ def _with_targets(example: Dict[str, tf.Tensor], targets: Any) -> Dict[str, tf.T
     return dict(example, **{key: value[0] for key, value in built.items()})
 
 
-def pad_and_batch(dataset: tf.data.Dataset, batch_size: int, metadata: PanopticMetadata,
+def pad_and_batch(dataset: tf.data.Dataset, batch_size: int, labels: PanopticLabels,
                   padded_size: Optional[Tuple[int, int]] = None,
-                  image_pad_value: float = MEAN_PIXEL,
+                  image_pad_value: float = MID_GREY,
                   drop_remainder: bool = False) -> tf.data.Dataset:
     """Batches full-size evaluation examples of different sizes by padding them.
 
@@ -192,7 +187,7 @@ def pad_and_batch(dataset: tf.data.Dataset, batch_size: int, metadata: PanopticM
     Args:
         dataset: unbatched examples of `panoptic_dataset(..., training=False)`.
         batch_size: examples per batch.
-        metadata: the dataset's label encoding (for the void id).
+        labels: the dataset's `PanopticLabels` (for the void id).
         padded_size: (height, width) to pad every batch to (e.g. the crop size
             1025 x 2049 for Cityscapes); None pads to the largest image of each batch.
             An image larger than `padded_size` makes iteration fail.
@@ -211,9 +206,9 @@ def pad_and_batch(dataset: tf.data.Dataset, batch_size: int, metadata: PanopticM
         "" if spec.dtype == tf.string else 0.0), spec.dtype)
         for key, spec in dataset.element_spec.items()}
     pad_values.update(image=tf.constant(image_pad_value, tf.float32),
-                      panoptic=tf.constant(_void_id(metadata), tf.int32))
+                      panoptic=tf.constant(labels.void_id, tf.int32))
     if "semantic" in pad_values:  # Targets: padding is void there too.
-        pad_values["semantic"] = tf.constant(metadata.ignore_label,
+        pad_values["semantic"] = tf.constant(labels.ignore_label,
                                              dataset.element_spec["semantic"].dtype)
     dataset = dataset.map(lambda example: dict(example, image=tf.cast(example["image"],
                                                                       tf.float32)))
@@ -222,7 +217,7 @@ def pad_and_batch(dataset: tf.data.Dataset, batch_size: int, metadata: PanopticM
 
 
 def panoptic_dataset(file_pattern: Union[str, Sequence[str]], training: bool = False,
-                     metadata: Optional[PanopticMetadata] = None,
+                     labels: Optional[PanopticLabels] = None,
                      crop_size: Optional[Tuple[int, int]] = None,
                      min_scale: float = 0.5, max_scale: float = 2.0,
                      flip: bool = True, photometric: bool = True,
@@ -238,7 +233,7 @@ def panoptic_dataset(file_pattern: Union[str, Sequence[str]], training: bool = F
     Args:
         file_pattern: glob(s) of TFRecord shards, e.g. `"data/coco_panoptic/val-*.tfrecord"`.
         training: augment, shuffle and (by default) repeat; else full images in file order.
-        metadata: label encoding; None reads `metadata.json` next to the shards.
+        labels: the records' `PanopticLabels`; None reads `metadata.json` next to the shards.
         crop_size: (height, width) of training crops (required when training); in
             evaluation, the size `batch_size` batches are padded to (None: the largest
             image of each batch).
@@ -271,11 +266,11 @@ def panoptic_dataset(file_pattern: Union[str, Sequence[str]], training: bool = F
     files = sorted({path for pattern in patterns for path in tf.io.gfile.glob(pattern)})
     if not files:
         raise ValueError(f"No TFRecord file matches {file_pattern!r}.")
-    if metadata is None:
+    if labels is None:
         path = metadata_path_for(patterns[0])
         if path is None:
-            raise ValueError(f"No metadata.json next to {patterns[0]!r}; pass `metadata`.")
-        metadata = load_metadata(path)
+            raise ValueError(f"No metadata.json next to {patterns[0]!r}; pass `labels`.")
+        labels = load_metadata(path)
     if training and crop_size is None:
         raise ValueError("training=True needs crop_size=(height, width).")
     if not 0.0 < min_scale <= max_scale:
@@ -315,7 +310,7 @@ def panoptic_dataset(file_pattern: Union[str, Sequence[str]], training: bool = F
         augment_seed = None if seed is None else seed + _PIPELINE_SEED_STRIDE * pipeline_id
         seeds = tf.data.Dataset.random(seed=augment_seed,
                                        rerandomize_each_iteration=True).batch(2)
-        void_id = _void_id(metadata)
+        void_id = labels.void_id
 
         def load(serialized: tf.Tensor, example_seed: tf.Tensor) -> Dict[str, tf.Tensor]:
             example = parse_example(serialized)
@@ -336,7 +331,7 @@ def panoptic_dataset(file_pattern: Union[str, Sequence[str]], training: bool = F
         dataset = dataset.map(load_eval, num_parallel_calls=num_parallel_calls,
                               deterministic=True)
         if batch_size is not None:
-            dataset = pad_and_batch(dataset, batch_size, metadata, padded_size=crop)
+            dataset = pad_and_batch(dataset, batch_size, labels, padded_size=crop)
     options = tf.data.Options()
     options.deterministic = deterministic
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

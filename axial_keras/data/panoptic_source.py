@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from axial_keras.data.tfrecord import decode_id_png
+from axial_keras.labels import PanopticLabels
 
 # Segment id 0 in a COCO-format PNG is unlabelled (void).
 UNLABELLED_SEGMENT_ID = 0
@@ -45,16 +46,6 @@ class DatasetFileError(ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassInfo:
-    """One output class: contiguous `id`, the dataset's `source_id`, `name`, `isthing`."""
-
-    id: int
-    source_id: int
-    name: str
-    isthing: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,32 +83,21 @@ class PanopticSource:
     Attributes:
         name: the dataset name (`"coco_panoptic"`, `"cityscapes_panoptic"`).
         split: `"train"` or `"val"`.
-        classes: the output classes, `classes[i].id == i`.
+        labels: the output classes (contiguous ids), label divisor and void class.
+        source_ids: the dataset's category id of each class (`source_ids[class id]`).
         category_to_class: the dataset's category id -> contiguous class id, or
-            `ignore_label` for categories that become void.
-        label_divisor: panoptic id = class * label_divisor + instance.
-        ignore_label: class of void pixels.
+            `labels.ignore_label` for categories that become void.
         examples: the annotated images that look convertible.
         problems: the inputs found broken while listing, in a stable order.
     """
 
     name: str
     split: str
-    classes: Tuple[ClassInfo, ...]
+    labels: PanopticLabels
+    source_ids: Tuple[int, ...]
     category_to_class: Mapping[int, int]
-    label_divisor: int
-    ignore_label: int
     examples: Tuple[SourceExample, ...]
     problems: Tuple[DatasetFileError, ...]
-
-    @property
-    def void_id(self) -> int:
-        """The panoptic id of void pixels."""
-        return self.ignore_label * self.label_divisor
-
-    def metadata_classes(self) -> List[Dict[str, Any]]:
-        """The `classes` entries of `metadata.json`."""
-        return [dataclasses.asdict(c) for c in self.classes]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,15 +231,16 @@ def segment_panoptic_ids(example: SourceExample, source: PanopticSource) -> Dict
                                    f"category_id {segment.category_id}, which is not a "
                                    f"{source.name} category.")
         instance = 0
-        if class_id != source.ignore_label and source.classes[class_id].isthing \
+        labels = source.labels
+        if class_id != labels.ignore_label and labels.classes[class_id].is_thing \
                 and not segment.iscrowd:
             instance = next_instance.get(class_id, 1)
-            if instance >= source.label_divisor:
+            if instance >= labels.label_divisor:
                 raise DatasetFileError(example.label_path,
-                                       f"more than {source.label_divisor - 1} instances of "
-                                       f"class {source.classes[class_id].name!r}.")
+                                       f"more than {labels.label_divisor - 1} instances of "
+                                       f"class {labels.classes[class_id].name!r}.")
             next_instance[class_id] = instance + 1
-        ids[segment.id] = class_id * source.label_divisor + instance
+        ids[segment.id] = class_id * labels.label_divisor + instance
     return ids
 
 
@@ -296,7 +277,7 @@ def load_example(source: PanopticSource, example: SourceExample) -> Example:
                                f"PNG does not decode ({error.message.splitlines()[-1]})."
                                ) from None
     ids = segment_panoptic_ids(example, source)
-    ids.setdefault(UNLABELLED_SEGMENT_ID, source.void_id)
+    ids.setdefault(UNLABELLED_SEGMENT_ID, source.labels.void_id)
     keys = np.array(sorted(ids), np.int64)
     values = np.array([ids[key] for key in keys], np.int32)
     index = np.minimum(np.searchsorted(keys, segment_map), len(keys) - 1)

@@ -26,12 +26,13 @@ output folder (`train-*.tfrecord`, `val-*.tfrecord`) and one `metadata.json`.
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from axial_keras.data.digits_panoptic import PanopticMetadata
+from axial_keras.files import write_json
+from axial_keras.labels import PanopticClass, PanopticLabels
 
 METADATA_FILENAME = "metadata.json"
 IMAGE_FORMATS = ("jpeg", "png")
@@ -170,14 +171,22 @@ def shard_path(output_dir: str, split: str, index: int, num_shards: int) -> str:
     return os.path.join(output_dir, f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord")
 
 
-def metadata_dict(classes: List[Mapping[str, Any]], label_divisor: int, ignore_label: int,
+def metadata_dict(labels: PanopticLabels, source_ids: Sequence[int],
                   num_examples: Mapping[str, int]) -> Dict[str, Any]:
-    """The `metadata.json` content (see the module docstring)."""
+    """The `metadata.json` content (see the module docstring).
+
+    Args:
+        labels: PanopticLabels. The classes of the records.
+        source_ids: ints. The dataset's category id of each class.
+        num_examples: split -> examples written.
+    """
+    if len(source_ids) != labels.num_classes:
+        raise ValueError(f"{len(source_ids)} source ids for {labels.num_classes} classes.")
     return {
-        "classes": [{"id": int(c["id"]), "source_id": int(c["source_id"]),
-                     "name": str(c["name"]), "isthing": bool(c["isthing"])} for c in classes],
-        "label_divisor": int(label_divisor),
-        "ignore_label": int(ignore_label),
+        "classes": [{"id": c.id, "source_id": int(source_id), "name": c.name,
+                     "isthing": c.is_thing} for c, source_id in zip(labels.classes, source_ids)],
+        "label_divisor": labels.label_divisor,
+        "ignore_label": labels.ignore_label,
         "num_examples": {split: int(n) for split, n in sorted(num_examples.items())},
     }
 
@@ -220,22 +229,17 @@ def write_metadata_json(output_dir: str, values: Dict[str, Any]) -> str:
                                  "holds another dataset; use a new output folder.")
         values = dict(values, num_examples=dict(existing["num_examples"],
                                                 **values["num_examples"]))
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(values, f, indent=2)
-        f.write("\n")
-    os.replace(temporary, path)
-    return path
+    return write_json(path, values)
 
 
-def load_metadata(path: str) -> PanopticMetadata:
+def load_metadata(path: str) -> PanopticLabels:
     """The class list and label encoding of a converted dataset.
 
     Args:
         path: `metadata.json`, or the folder holding it.
 
     Returns:
-        A `PanopticMetadata` (class ids are the contiguous ids of the TFRecords).
+        The `PanopticLabels` of the records (class ids are their contiguous ids).
 
     Raises:
         FileNotFoundError, ValueError: as `read_metadata_json`, and ValueError when the
@@ -245,14 +249,10 @@ def load_metadata(path: str) -> PanopticMetadata:
     classes = values["classes"]
     if [c["id"] for c in classes] != list(range(len(classes))):
         raise ValueError(f"{path}: class ids must be 0, 1, 2, ... in order.")
-    return PanopticMetadata(
-        class_names=tuple(c["name"] for c in classes),
-        num_classes=len(classes),
-        thing_class_ids=tuple(c["id"] for c in classes if c["isthing"]),
-        stuff_class_ids=tuple(c["id"] for c in classes if not c["isthing"]),
-        label_divisor=int(values["label_divisor"]),
-        ignore_label=int(values["ignore_label"]),
-    )
+    return PanopticLabels(tuple(PanopticClass(int(c["id"]), str(c["name"]), bool(c["isthing"]))
+                                for c in classes),
+                          label_divisor=int(values["label_divisor"]),
+                          ignore_label=int(values["ignore_label"]))
 
 
 def metadata_path_for(file_pattern: str) -> Optional[str]:

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from axial_keras.labels import PanopticLabels
 from axial_keras.metrics.panoptic_quality import check_panoptic_maps, widest_int
 
 
@@ -18,23 +19,24 @@ class MeanIoU(keras.metrics.IoU):
     or the prediction, as `keras.metrics.MeanIoU` does.
 
     Args:
-        num_classes: int. Classes are `0 .. num_classes - 1`.
-        label_divisor: int. Panoptic id = `class * label_divisor + instance`.
-        ignore_label: int. The void class; it may lie outside `0 .. num_classes - 1`.
+        labels: PanopticLabels. Classes `0 .. num_classes - 1`, the label divisor
+            (panoptic id = `class * label_divisor + instance`) and the void class.
         name: str. Name of the metric.
 
     Example:
-    >>> miou = MeanIoU(num_classes=3, label_divisor=100, ignore_label=255)
+    >>> miou = MeanIoU(PanopticLabels.from_ids(3, label_divisor=100))
     >>> miou.update_state([[[0, 101], [201, 25500]]], [[[0, 100], [0, 100]]])
     >>> round(float(miou.result()), 4)
     0.5
     """
 
-    def __init__(self, num_classes: int, label_divisor: int, ignore_label: int,
-                 name: str = "mean_iou"):
-        self.label_divisor = int(label_divisor)
-        self.ignore_label = int(ignore_label)
-        self.num_semantic_classes = int(num_classes)
+    def __init__(self, labels: PanopticLabels, name: str = "mean_iou"):
+        if not isinstance(labels, PanopticLabels):
+            raise TypeError(f"`labels` must be a PanopticLabels, got {type(labels).__name__}.")
+        self.labels = labels
+        self.label_divisor = labels.label_divisor
+        self.ignore_label = labels.ignore_label
+        self.num_semantic_classes = labels.num_classes
         # One more confusion-matrix column, `num_classes`, holds void predictions.
         super().__init__(
             num_classes=self.num_semantic_classes + 1,
@@ -67,9 +69,8 @@ class MeanIoU(keras.metrics.IoU):
 
     def get_config(self) -> dict:
         """The constructor arguments."""
-        return {
-            "num_classes": self.num_semantic_classes,
-            "label_divisor": self.label_divisor,
-            "ignore_label": self.ignore_label,
-            "name": self.name,
-        }
+        return {"labels": self.labels.get_config(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MeanIoU":
+        return cls(PanopticLabels.from_config(config["labels"]), name=config["name"])

@@ -1,10 +1,12 @@
 """Panoptic quality (PQ, SQ, RQ) of panoptic maps, as the COCO and Cityscapes evaluators count it."""
 
-from typing import Sequence
+from typing import Any, Dict, Sequence
 
 import keras
 import numpy as np
 from keras import ops
+
+from axial_keras.labels import PanopticLabels
 
 
 def widest_int() -> str:
@@ -136,45 +138,31 @@ class PanopticQuality(keras.metrics.Metric):
     segments) of one image is below 2**31.
 
     Args:
-        num_classes: int. Classes are `0 .. num_classes - 1`; `ignore_label` is left out of
-            every mean when it falls in that range.
-        thing_class_ids: sequence of int. The thing (countable) classes; the others are stuff.
-        label_divisor: int. Panoptic id = `class * label_divisor + instance`.
-        ignore_label: int. The void class.
+        labels: PanopticLabels. Classes `0 .. num_classes - 1` (things and stuff), the
+            label divisor (panoptic id = `class * label_divisor + instance`) and the void
+            class.
         name: str. Name of the metric.
         dtype: str or None. Dtype of the state and results; None: float64 (float32 on JAX
             without x64).
 
     Example:
-    >>> pq = PanopticQuality(num_classes=3, thing_class_ids=[2], label_divisor=100,
-    ...                      ignore_label=255)
+    >>> pq = PanopticQuality(PanopticLabels.from_ids(3, [2], label_divisor=100))
     >>> pq.update_state(np.full((1, 4, 4), 201), np.full((1, 4, 4), 205))
     >>> float(pq.result()["pq"])
     1.0
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        thing_class_ids: Sequence[int],
-        label_divisor: int,
-        ignore_label: int,
-        name: str = "panoptic_quality",
-        dtype: str | None = None,
-    ):
+    def __init__(self, labels: PanopticLabels, name: str = "panoptic_quality",
+                 dtype: str | None = None):
+        if not isinstance(labels, PanopticLabels):
+            raise TypeError(f"`labels` must be a PanopticLabels, got {type(labels).__name__}; "
+                            "use PanopticQuality.from_ids for loose arguments.")
         super().__init__(name=name, dtype=dtype or widest_float())
-        self.num_classes = int(num_classes)
-        self.thing_class_ids = tuple(int(c) for c in thing_class_ids)
-        self.label_divisor = int(label_divisor)
-        self.ignore_label = int(ignore_label)
-        if self.num_classes < 1 or self.label_divisor < 1:
-            raise ValueError(f"num_classes={num_classes} and label_divisor={label_divisor} "
-                             "must be positive.")
-        bad = [c for c in self.thing_class_ids
-               if not 0 <= c < self.num_classes or c == self.ignore_label]
-        if bad:
-            raise ValueError(f"thing_class_ids {bad} are not classes below "
-                             f"num_classes={num_classes} (other than ignore_label).")
+        self.labels = labels
+        self.num_classes = labels.num_classes
+        self.thing_class_ids = labels.thing_class_ids
+        self.label_divisor = labels.label_divisor
+        self.ignore_label = labels.ignore_label
         self._direction = "up"
         shape = (self.num_classes,)
         self.iou_sum = self.add_variable(shape, "zeros", dtype=self.dtype, name="iou_sum")
@@ -302,12 +290,18 @@ class PanopticQuality(keras.metrics.Metric):
         for variable in self.variables:
             variable.assign(ops.zeros(variable.shape, variable.dtype))
 
+    @classmethod
+    def from_ids(cls, num_classes: int, thing_class_ids: Sequence[int], label_divisor: int,
+                 ignore_label: int, **kwargs) -> "PanopticQuality":
+        """The DESIGN.md loose-argument form (`PanopticLabels.from_ids` of the arguments)."""
+        return cls(PanopticLabels.from_ids(num_classes, thing_class_ids, label_divisor,
+                                           ignore_label), **kwargs)
+
     def get_config(self) -> dict:
         """The constructor arguments."""
-        return {
-            "num_classes": self.num_classes,
-            "thing_class_ids": list(self.thing_class_ids),
-            "label_divisor": self.label_divisor,
-            "ignore_label": self.ignore_label,
-            **super().get_config(),
-        }
+        return {"labels": self.labels.get_config(), **super().get_config()}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PanopticQuality":
+        config = dict(config)
+        return cls(PanopticLabels.from_config(config.pop("labels")), **config)

@@ -177,11 +177,8 @@ class AxialDeepLab(keras.Model):
         """
         from axial_keras.panoptic.losses import PanopticDeepLabLoss
 
-        labels = self.labels
         self.panoptic_loss = None if loss is not None else PanopticDeepLabLoss(
-            num_classes=labels.num_classes, thing_class_ids=labels.thing_class_ids,
-            label_divisor=labels.label_divisor, ignore_label=labels.ignore_label,
-            **(panoptic_loss_args or {}))
+            self.labels, **(panoptic_loss_args or {}))
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

@@ -14,11 +14,12 @@ applies its weight maps), not per-image weights.
 """
 
 import struct
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import keras
 from keras import ops
 
+from axial_keras.labels import PanopticLabels
 from axial_keras.panoptic.targets import PanopticTargets
 
 _REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "none", None)
@@ -288,10 +289,7 @@ class PanopticDeepLabLoss(keras.losses.Loss):
     steps.
 
     Args:
-        num_classes: int. Number of semantic classes.
-        thing_class_ids: sequence of int. Classes that have instances.
-        label_divisor: int. Panoptic id = class * label_divisor + instance.
-        ignore_label: int. Class of void pixels.
+        labels: `PanopticLabels`. Classes, label divisor and void class.
         semantic_weight: float. Weight of the semantic term.
         center_weight: float. Weight of the centre heatmap term.
         offset_weight: float. Weight of the offset term.
@@ -306,8 +304,7 @@ class PanopticDeepLabLoss(keras.losses.Loss):
     Example:
 
     ```python
-    loss = PanopticDeepLabLoss(num_classes=19, thing_class_ids=range(11, 19),
-                               label_divisor=1000, ignore_label=255)
+    loss = PanopticDeepLabLoss(labels=CITYSCAPES)
     total = loss(panoptic_labels, model(images))  # [B,H,W] int, output dict
     terms = loss.loss_terms(panoptic_labels, model(images))  # for logging
     ```
@@ -315,8 +312,7 @@ class PanopticDeepLabLoss(keras.losses.Loss):
 
     PREDICTION_KEYS = ("semantic_logits", "center_heatmap", "center_offsets")
 
-    def __init__(self, num_classes: int, thing_class_ids: Sequence[int], label_divisor: int,
-                 ignore_label: int, semantic_weight: float = 1.0, center_weight: float = 200.0,
+    def __init__(self, labels: PanopticLabels, semantic_weight: float = 1.0, center_weight: float = 200.0,
                  offset_weight: float = 0.01, top_k_percent: float = 0.2, sigma: float = 8.0,
                  small_instance_area: int = 4096, small_instance_weight: float = 3.0,
                  reduction: Optional[str] = "sum_over_batch_size",
@@ -324,14 +320,16 @@ class PanopticDeepLabLoss(keras.losses.Loss):
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}.")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.labels = labels
         self.targets = PanopticTargets(
-            num_classes, thing_class_ids, label_divisor, ignore_label, sigma=sigma,
+            labels, sigma=sigma,
             small_instance_area=small_instance_area,
             small_instance_weight=small_instance_weight)
         self.semantic_weight = float(semantic_weight)
         self.center_weight = float(center_weight)
         self.offset_weight = float(offset_weight)
-        self.semantic_loss = BootstrappedCrossEntropy(top_k_percent, ignore_label, dtype=dtype)
+        self.semantic_loss = BootstrappedCrossEntropy(top_k_percent, labels.ignore_label,
+                                                      dtype=dtype)
         self.center_loss = CenterHeatmapMSE(dtype=dtype)
         self.offset_loss = OffsetL1(dtype=dtype)
 
@@ -416,3 +414,8 @@ class PanopticDeepLabLoss(keras.losses.Loss):
             "offset_weight": self.offset_weight,
             "top_k_percent": self.semantic_loss.top_k_percent,
         }
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PanopticDeepLabLoss":
+        config = dict(config)
+        return cls(PanopticLabels.from_config(config.pop("labels")), **config)

@@ -2,12 +2,12 @@
 over images): semantic argmax, centre NMS and top-k, offset-based grouping, majority
 class voting, stuff area filtering (PAPER.md section 3, "Post-processing")."""
 
-from typing import Dict, Sequence
+import dataclasses
+from typing import Any, Dict, Optional, Sequence
 
-import keras
 from keras import ops
 
-from axial_keras.control_flow import static_loops_enabled
+from axial_keras.labels import PanopticLabels
 
 _FAR = 1e30
 
@@ -44,6 +44,50 @@ def _is_in(labels, classes: Sequence[int], num_classes: int):
     return mask
 
 
+@dataclasses.dataclass(frozen=True)
+class PostProcessingSettings:
+    """How model outputs become panoptic maps: the one place these settings live.
+
+    The experiment config holds one, a trainer run writes it beside the model
+    (`axial_keras.saving`), and export, `export.predict` and the demo read it back.
+
+    Args:
+        center_threshold: float. Minimum centre score.
+        nms_kernel: int. Max-pool window of the centre NMS (odd).
+        keep_k_centers: int. Centres kept per image (top-k by score).
+        stuff_area_limit: int. Stuff segments with fewer pixels become void.
+        grouping_tile: int. Side of the pixel tiles of the grouping step (speed only:
+            every value gives the same result; `PanopticPostProcessor.nearest_center`).
+    """
+
+    center_threshold: float = 0.1
+    nms_kernel: int = 7
+    keep_k_centers: int = 200
+    stuff_area_limit: int = 0
+    grouping_tile: int = 32
+
+    def __post_init__(self):
+        for name in ("nms_kernel", "keep_k_centers", "stuff_area_limit", "grouping_tile"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"`{name}` must be an int, got {value!r}.")
+        if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
+            raise ValueError(f"`nms_kernel` must be a positive odd int, got {self.nms_kernel!r}.")
+        if self.keep_k_centers < 1:
+            raise ValueError(f"`keep_k_centers` must be positive, got {self.keep_k_centers!r}.")
+        if self.grouping_tile < 1:
+            raise ValueError(f"`grouping_tile` must be a positive int, got {self.grouping_tile!r}.")
+        object.__setattr__(self, "center_threshold", float(self.center_threshold))
+
+    def get_config(self) -> Dict[str, Any]:
+        """A JSON-ready dict; `PostProcessingSettings(**settings.get_config()) == settings`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PostProcessingSettings":
+        return cls(**config)
+
+
 class PanopticPostProcessor:
     """Turns Axial-DeepLab outputs into panoptic maps, one image at a time but batched.
 
@@ -59,53 +103,72 @@ class PanopticPostProcessor:
     pixels; stuff segments smaller than `stuff_area_limit` pixels, and thing pixels when
     no centre was found, become void.
 
+    The grouping step compares every thing pixel with its tile's candidate centres in
+    a loop of as many rounds as the busiest tile has candidates (`ops.fori_loop` with a
+    tensor trip count). With `unroll=True` it runs `keep_k_centers` rounds as a Python
+    loop instead (absent candidates never win, so the result is the same): graphs for
+    converters (LiteRT, ONNX, the int8 quantizer) then hold no WHILE loop.
+
     Args:
-        thing_class_ids: ints. Classes that have instances.
-        label_divisor: int. Panoptic id = class * label_divisor + instance (1-based).
-        ignore_label: int. Void class; void pixels get `ignore_label * label_divisor`.
-        center_threshold: float. Minimum centre score.
-        nms_kernel: int. Max-pool window of the centre NMS (odd).
-        keep_k_centers: int. Centres kept per image (top-k by score).
-        stuff_area_limit: int. Stuff segments with fewer pixels become void.
-        grouping_tile: int. Side of the pixel tiles of the grouping step: a centre is
-            compared with the pixels of a tile only when it can be the nearest one for
-            some thing pixel of the tile (distance bounds of the tile's offset targets),
-            so the work follows the number of nearby centres, not `keep_k_centers`. Any
-            value gives the same result (exact nearest centre, ties to the lowest index).
+        labels: `PanopticLabels`. Thing classes, label divisor and void class.
+        settings: `PostProcessingSettings` (None: the defaults).
+        unroll: bool. Unroll the grouping loop (static trip count, for export).
 
     Example:
-    >>> post = PanopticPostProcessor(thing_class_ids=range(11, 19), label_divisor=1000)
+    >>> post = PanopticPostProcessor(CITYSCAPES, PostProcessingSettings(nms_kernel=13))
     >>> result = post(model(images))
     >>> result["panoptic"].shape  # [batch, height, width] int32
     """
 
-    def __init__(self, thing_class_ids: Sequence[int], label_divisor: int,
-                 ignore_label: int = 255, center_threshold: float = 0.1, nms_kernel: int = 7,
-                 keep_k_centers: int = 200, stuff_area_limit: int = 0,
-                 grouping_tile: int = 32):
-        self.thing_class_ids = tuple(int(c) for c in thing_class_ids)
-        if nms_kernel < 1 or nms_kernel % 2 == 0:
-            raise ValueError(f"`nms_kernel` must be a positive odd int, got {nms_kernel!r}.")
-        if not 0 < keep_k_centers < label_divisor:
+    def __init__(self, labels: PanopticLabels, settings: Optional[PostProcessingSettings] = None,
+                 unroll: bool = False):
+        settings = settings or PostProcessingSettings()
+        if not isinstance(labels, PanopticLabels):
+            raise TypeError(f"`labels` must be a PanopticLabels, got {type(labels).__name__}; "
+                            "use PanopticPostProcessor.from_ids for loose arguments.")
+        if settings.keep_k_centers >= labels.label_divisor:
             raise ValueError(
-                f"`keep_k_centers` ({keep_k_centers}) must be in [1, label_divisor="
-                f"{label_divisor}) so instance ids fit in the panoptic id.")
-        if isinstance(grouping_tile, bool) or not isinstance(grouping_tile, int) or grouping_tile < 1:
-            raise ValueError(f"`grouping_tile` must be a positive int, got {grouping_tile!r}.")
-        self.grouping_tile = grouping_tile
-        self.label_divisor = int(label_divisor)
-        self.ignore_label = int(ignore_label)
-        self.center_threshold = float(center_threshold)
-        self.nms_kernel = int(nms_kernel)
-        self.keep_k_centers = int(keep_k_centers)
-        self.stuff_area_limit = int(stuff_area_limit)
+                f"`keep_k_centers` ({settings.keep_k_centers}) must be in [1, label_divisor="
+                f"{labels.label_divisor}) so instance ids fit in the panoptic id.")
+        self.labels = labels
+        self.settings = settings
+        self.unroll = bool(unroll)
+        self.thing_class_ids = labels.thing_class_ids
+        self.label_divisor = labels.label_divisor
+        self.ignore_label = labels.ignore_label
+        self.center_threshold = settings.center_threshold
+        self.nms_kernel = settings.nms_kernel
+        self.keep_k_centers = settings.keep_k_centers
+        self.stuff_area_limit = settings.stuff_area_limit
+        self.grouping_tile = settings.grouping_tile
 
-    def get_config(self) -> Dict:
-        return {"thing_class_ids": list(self.thing_class_ids),
-                "label_divisor": self.label_divisor, "ignore_label": self.ignore_label,
-                "center_threshold": self.center_threshold, "nms_kernel": self.nms_kernel,
-                "keep_k_centers": self.keep_k_centers, "stuff_area_limit": self.stuff_area_limit,
-                "grouping_tile": self.grouping_tile}
+    @classmethod
+    def from_ids(cls, thing_class_ids: Sequence[int], label_divisor: int,
+                 ignore_label: int = 255, num_classes: Optional[int] = None,
+                 **settings) -> "PanopticPostProcessor":
+        """The DESIGN.md loose-argument form: `from_ids(thing_class_ids, label_divisor, ...)`.
+
+        Args:
+            thing_class_ids: ints. Classes that have instances.
+            label_divisor: int. Panoptic id = class * label_divisor + instance.
+            ignore_label: int. Void class.
+            num_classes: int. Classes (default: up to the largest thing id).
+            **settings: `PostProcessingSettings` fields.
+        """
+        things = tuple(int(c) for c in thing_class_ids)
+        if num_classes is None:
+            num_classes = max(things, default=0) + 1
+        labels = PanopticLabels.from_ids(num_classes, things, label_divisor, ignore_label)
+        return cls(labels, PostProcessingSettings(**settings))
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"labels": self.labels.get_config(), "settings": self.settings.get_config(),
+                "unroll": self.unroll}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PanopticPostProcessor":
+        return cls(PanopticLabels.from_config(config["labels"]),
+                   PostProcessingSettings.from_config(config["settings"]), config["unroll"])
 
     def find_centers(self, center_heatmap):
         """Top-k NMS centres: (scores [B, K], y [B, K], x [B, K], valid [B, K])."""
@@ -189,9 +252,6 @@ class PanopticPostProcessor:
         count = ops.sum(ops.cast(candidate, "int32"), axis=-1)
         order_y = ops.take_along_axis(ops.broadcast_to(cy, ops.shape(order)), order, axis=-1)
         order_x = ops.take_along_axis(ops.broadcast_to(cx, ops.shape(order)), order, axis=-1)
-        # Static graphs (export) compare every centre slot; absent ones never win.
-        rounds = k if static_loops_enabled() else ops.max(count)
-
         def compare(j, state):
             best, best_index = state
             present = (count > j)[..., None]
@@ -206,7 +266,13 @@ class PanopticPostProcessor:
 
         start = (ops.full(ops.shape(ty), float("inf"), dtype="float32"),
                  ops.zeros(ops.shape(ty), dtype="int32"))
-        _, nearest = ops.fori_loop(0, rounds, compare, start)
+        if self.unroll:  # every centre slot, as a Python loop: absent ones never win
+            state = start
+            for j in range(k):
+                state = compare(j, state)
+            nearest = state[1]
+        else:
+            _, nearest = ops.fori_loop(0, ops.max(count), compare, start)
         nearest = ops.reshape(nearest, (batch, tiles_y, tiles_x, tile, tile))
         nearest = ops.reshape(ops.transpose(nearest, (0, 1, 3, 2, 4)),
                               (batch, tiles_y * tile, tiles_x * tile))
@@ -227,6 +293,9 @@ class PanopticPostProcessor:
         """
         logits = outputs["semantic_logits"]
         num_classes = logits.shape[-1]
+        if num_classes is not None and max(self.thing_class_ids, default=-1) >= num_classes:
+            raise ValueError(f"The logits have {num_classes} classes but thing class "
+                             f"{max(self.thing_class_ids)} is named by the labels.")
         # First index of the largest logit. Top-1 is one pass over the logits, where
         # ops.argmax adds three more (it orders -0.0 below +0.0, which top-1 calls a tie).
         semantic = ops.cast(ops.top_k(logits, 1)[1][..., 0], "int32")

@@ -8,10 +8,12 @@ under every Keras backend, inside a `tf.data` map and inside a compiled train st
 """
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import keras
 from keras import ops
+
+from axial_keras.labels import PanopticLabels
 
 # Stands for "no centre in the window" in the integer squared-distance maps. Adding
 # a squared window offset (at most radius ** 2) to it stays inside int32.
@@ -124,11 +126,8 @@ class PanopticTargets:
     segments.
 
     Args:
-        num_classes: int. Number of semantic classes; valid classes are
-            `[0, num_classes)`.
-        thing_class_ids: sequence of int. The classes that have instances.
-        label_divisor: int. Panoptic id = class * label_divisor + instance.
-        ignore_label: int. Class of void pixels, in `[0, label_divisor)`.
+        labels: `PanopticLabels`. Valid classes are `[0, num_classes)`; its ignore label
+            must be in `[0, label_divisor)`.
         sigma: float. Standard deviation of the centre Gaussian in pixels.
         small_instance_area: int. Instances with fewer pixels are "small".
         small_instance_weight: float. Semantic weight on pixels of small instances.
@@ -136,34 +135,27 @@ class PanopticTargets:
     Example:
 
     ```python
-    targets = PanopticTargets(num_classes=3, thing_class_ids=[1, 2],
-                              label_divisor=1000, ignore_label=255)
+    targets = PanopticTargets(PanopticLabels.from_ids(3, thing_class_ids=[1, 2]))
     out = targets(np.full((2, 64, 64), 1001, "int32"))  # one car per image
     out["center_heatmap"].shape  # (2, 64, 64, 1), peak 1.0 at (32, 32) (31.5 rounds to 32)
     ```
     """
 
-    def __init__(self, num_classes: int, thing_class_ids: Sequence[int], label_divisor: int,
-                 ignore_label: int, sigma: float = 8.0, small_instance_area: int = 4096,
-                 small_instance_weight: float = 3.0):
-        thing_class_ids = [int(c) for c in thing_class_ids]
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-        if label_divisor < 1:
-            raise ValueError(f"label_divisor must be >= 1, got {label_divisor}.")
-        if not 0 <= ignore_label < label_divisor:
-            raise ValueError(f"ignore_label must be in [0, label_divisor={label_divisor}), "
-                             f"got {ignore_label}.")
-        bad = [c for c in thing_class_ids if not 0 <= c < num_classes or c == ignore_label]
-        if bad or len(set(thing_class_ids)) != len(thing_class_ids):
-            raise ValueError(f"thing_class_ids must be distinct classes in [0, {num_classes}) "
-                             f"other than ignore_label={ignore_label}, got {thing_class_ids}.")
+    def __init__(self, labels: PanopticLabels, sigma: float = 8.0,
+                 small_instance_area: int = 4096, small_instance_weight: float = 3.0):
+        if not isinstance(labels, PanopticLabels):
+            raise TypeError(f"`labels` must be a PanopticLabels, got {type(labels).__name__}.")
+        if not 0 <= labels.ignore_label < labels.label_divisor:
+            raise ValueError(f"ignore_label must be in [0, label_divisor={labels.label_divisor}), "
+                             f"got {labels.ignore_label}.")
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma}.")
-        self.num_classes = int(num_classes)
+        self.labels = labels
+        self.num_classes = labels.num_classes
+        thing_class_ids = list(labels.thing_class_ids)
         self.thing_class_ids = thing_class_ids
-        self.label_divisor = int(label_divisor)
-        self.ignore_label = int(ignore_label)
+        self.label_divisor = labels.label_divisor
+        self.ignore_label = labels.ignore_label
         self.sigma = float(sigma)
         self.small_instance_area = int(small_instance_area)
         self.small_instance_weight = float(small_instance_weight)
@@ -176,10 +168,7 @@ class PanopticTargets:
     def get_config(self) -> Dict[str, Any]:
         """Returns the constructor arguments."""
         return {
-            "num_classes": self.num_classes,
-            "thing_class_ids": list(self.thing_class_ids),
-            "label_divisor": self.label_divisor,
-            "ignore_label": self.ignore_label,
+            "labels": self.labels.get_config(),
             "sigma": self.sigma,
             "small_instance_area": self.small_instance_area,
             "small_instance_weight": self.small_instance_weight,
@@ -188,7 +177,8 @@ class PanopticTargets:
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "PanopticTargets":
         """Creates the builder from `get_config()` output."""
-        return cls(**config)
+        config = dict(config)
+        return cls(PanopticLabels.from_config(config.pop("labels")), **config)
 
     def _validated(self, panoptic: Any) -> Any:
         """Checks rank, dtype and (when concrete) classes; returns int32 labels."""
@@ -320,8 +310,7 @@ class PanopticTargets:
         }
 
 
-def panoptic_targets(panoptic: Any, num_classes: int, thing_class_ids: Sequence[int],
-                     label_divisor: int, ignore_label: int, sigma: float = 8.0,
+def panoptic_targets(panoptic: Any, labels: PanopticLabels, sigma: float = 8.0,
                      small_instance_area: int = 4096,
                      small_instance_weight: float = 3.0) -> Dict[str, Any]:
     """Builds Panoptic-DeepLab targets for a batch of panoptic label maps.
@@ -331,10 +320,7 @@ def panoptic_targets(panoptic: Any, num_classes: int, thing_class_ids: Sequence[
     Args:
         panoptic: integer tensor [batch, height, width], id = class * label_divisor +
             instance; void = ignore_label * label_divisor; thing instance 0 = crowd.
-        num_classes: int. Number of semantic classes.
-        thing_class_ids: sequence of int. The classes that have instances.
-        label_divisor: int. The panoptic label divisor.
-        ignore_label: int. Class of void pixels.
+        labels: `PanopticLabels`. Classes, label divisor and void class.
         sigma: float. Standard deviation of the centre Gaussian in pixels.
         small_instance_area: int. Instances with fewer pixels get a larger weight.
         small_instance_weight: float. Semantic weight on pixels of small instances.
@@ -350,6 +336,5 @@ def panoptic_targets(panoptic: Any, num_classes: int, thing_class_ids: Sequence[
         ValueError: wrong rank, non-integer dtype, or (eagerly) a class outside
             `[0, num_classes)` other than `ignore_label`.
     """
-    return PanopticTargets(num_classes, thing_class_ids, label_divisor, ignore_label,
-                           sigma=sigma, small_instance_area=small_instance_area,
+    return PanopticTargets(labels, sigma=sigma, small_instance_area=small_instance_area,
                            small_instance_weight=small_instance_weight)(panoptic)

@@ -10,18 +10,19 @@ sequence, so instances of one class differ from each other and from the class's 
 Void pixels are black.
 
 Example:
->>> rgb = colorize_panoptic(panoptic, 256, 255, thing_class_ids=range(10), num_classes=12)
+>>> rgb = colorize_panoptic(panoptic, DIGITS_PANOPTIC)
 >>> write_png("sample.png", side_by_side(image, overlay(image, rgb)))
 """
 
-import contextlib
 import os
 import struct
-import uuid
 import zlib
-from typing import Iterable, Union
+from typing import Union
 
 import numpy as np
+
+from axial_keras.files import write_atomically
+from axial_keras.labels import PanopticLabels
 
 # Saturation and value of instance id 0 (stuff, crowd); instances use the ranges below.
 _BASE_SATURATION = 0.3
@@ -51,31 +52,27 @@ def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> n
     return np.choose(sector[..., None], choices)
 
 
-def colorize_panoptic(panoptic: np.ndarray, label_divisor: int, ignore_label: int,
-                      thing_class_ids: Iterable[int], num_classes: int) -> np.ndarray:
+def colorize_panoptic(panoptic: np.ndarray, labels: PanopticLabels) -> np.ndarray:
     """Colours a panoptic map.
 
     Args:
-        panoptic: Integer panoptic ids `class_id * label_divisor + instance_id`, shape
-            `[height, width]` (any shape works; the colour is added as a last axis).
-        label_divisor: The divisor the ids were encoded with.
-        ignore_label: Class id of void pixels (coloured black).
-        thing_class_ids: Class ids whose instances get their own colours.
-        num_classes: Number of classes; class ids must lie in `[0, num_classes)`.
+        panoptic: np.ndarray. Integer panoptic ids `class_id * label_divisor +
+            instance_id`, shape `[height, width]` (any shape works; the colour is added
+            as a last axis).
+        labels: PanopticLabels. Label divisor, void class (coloured black), classes and
+            which of them are things (their instances get their own colours).
 
     Returns:
         uint8 RGB `[height, width, 3]`.
 
     Raises:
-        ValueError: If an id is negative, its class is neither a class nor void, or a thing
-            class id is out of range.
+        ValueError: If an id is negative or its class is neither a class nor void.
     """
     panoptic = np.asarray(panoptic)
     if not np.issubdtype(panoptic.dtype, np.integer):
         raise ValueError(f"`panoptic` must hold integers, got dtype {panoptic.dtype}.")
-    if label_divisor <= 0 or num_classes <= 0:
-        raise ValueError("`label_divisor` and `num_classes` must be positive, got "
-                         f"{label_divisor} and {num_classes}.")
+    label_divisor, ignore_label = labels.label_divisor, labels.ignore_label
+    num_classes = labels.num_classes
     class_ids = panoptic // label_divisor
     instance_ids = panoptic % label_divisor
     void = class_ids == ignore_label
@@ -83,12 +80,7 @@ def colorize_panoptic(panoptic: np.ndarray, label_divisor: int, ignore_label: in
     if bad.any():
         raise ValueError(f"Panoptic ids {np.unique(panoptic[bad])[:10].tolist()} have no class "
                          f"in [0, {num_classes}) and are not void (class {ignore_label}).")
-    thing_class_ids = np.asarray(list(thing_class_ids), dtype=np.int64)
-    if ((thing_class_ids < 0) | (thing_class_ids >= num_classes)).any():
-        raise ValueError(f"`thing_class_ids` must lie in [0, {num_classes}), got "
-                         f"{thing_class_ids.tolist()}.")
-    things = np.zeros(num_classes, bool)
-    things[thing_class_ids] = True
+    things = np.array([c.is_thing for c in labels.classes], bool)
 
     hue = (np.where(void, 0, class_ids) * _GOLDEN_RATIO_CONJUGATE) % 1.0
     instance = np.where(void, False, things[np.where(void, 0, class_ids)]) & (instance_ids > 0)
@@ -203,29 +195,16 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def write_png(path: Union[str, os.PathLike], rgb_uint8: np.ndarray) -> None:
-    """Writes an image to a PNG file atomically (temporary file, then `os.replace`).
+    """Writes an image to a PNG file atomically (`axial_keras.files.write_atomically`).
 
     Readers never see a partial file; an existing file at `path` is replaced.
 
     Args:
-        path: Destination file; its directory must exist.
+        path: Destination file.
         rgb_uint8: uint8 image, as accepted by `encode_png` (RGB `[height, width, 3]`).
 
     Raises:
         ValueError: If the image cannot be encoded.
         OSError: If the file cannot be written.
     """
-    data = encode_png(rgb_uint8)
-    path = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
+    write_atomically(path, encode_png(rgb_uint8))
