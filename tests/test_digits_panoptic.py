@@ -32,9 +32,12 @@ def test_metadata():
     assert meta.num_classes == len(meta.class_names) == 12
     assert meta.thing_class_ids == tuple(range(10)) and meta.stuff_class_ids == (10, 11)
     assert meta.label_divisor == 256 and meta.ignore_label == 255
-    assert VOID_ID == 255 * 256
-    with pytest.raises(ValueError, match="partition"):
-        digits_panoptic.PanopticMetadata(("a", "b"), 2, (0,), (0,), 256, 255)
+    assert meta.class_names[:2] == ("digit_0", "digit_1") and meta.class_names[10:] == (
+        "sand", "water")
+    assert VOID_ID == meta.void_id == 255 * 256
+    settings = digits_panoptic.DIGITS_POST_PROCESSING
+    assert (settings.center_threshold, settings.nms_kernel, settings.keep_k_centers,
+            settings.stuff_area_limit) == (0.5, 11, 16, 16)
 
 
 def test_deterministic_and_prefix_stable():

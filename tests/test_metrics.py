@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from axial_keras.labels import PanopticLabels
 from axial_keras.metrics import MeanIoU, PanopticQuality
 
 cs_eval = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
@@ -22,7 +23,7 @@ SUMMARY_KEYS = ("pq", "sq", "rq", "pq_things", "sq_things", "rq_things",
 #  thing class only in the ground truth)
 CONFIGS = {
     "cityscapes_like": (8, (4, 5, 6, 7), 1000, 255, 3, 7),
-    "void_class_in_range": (7, (1, 2, 5), 256, 0, 6, 5),
+    "coco_like": (7, (1, 2, 5), 256, 255, 6, 5),
 }
 
 
@@ -33,7 +34,7 @@ def _numpy(results: dict) -> dict:
 def _pq(maps, config="cityscapes_like") -> dict:
     """Runs PanopticQuality over a list of (y_true, y_pred) batches."""
     num_classes, things, divisor, ignore, _, _ = CONFIGS[config]
-    metric = PanopticQuality(num_classes, things, divisor, ignore)
+    metric = PanopticQuality(PanopticLabels.from_ids(num_classes, things, divisor, ignore))
     for y_true, y_pred in maps:
         metric.update_state(y_true, y_pred)
     return _numpy(metric.result())
@@ -295,7 +296,7 @@ def test_accumulates_over_batches_like_one_batch():
 
 
 def test_reset_state_and_config_round_trip():
-    metric = PanopticQuality(8, (4, 5, 6, 7), D, 255, name="pq")
+    metric = PanopticQuality(PanopticLabels.from_ids(8, (4, 5, 6, 7), D, 255), name="pq")
     y_true, y_pred = _random_batches(seed=3, config="cityscapes_like")[0]
     metric.update_state(y_true, y_pred)
     first = _numpy(metric.result())
@@ -312,7 +313,7 @@ def test_reset_state_and_config_round_trip():
 
 
 def test_bad_input_raises():
-    metric = PanopticQuality(8, (4, 5, 6, 7), D, 255)
+    metric = PanopticQuality.from_ids(8, (4, 5, 6, 7), D, 255)
     good = np.zeros((1, 3, 3), np.int32)
     with pytest.raises(ValueError, match="shape"):
         metric.update_state(good, np.zeros((1, 3, 4), np.int32))
@@ -323,7 +324,9 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="-5"):
         metric.update_state(good, np.full((1, 3, 3), -5))
     with pytest.raises(ValueError, match="thing_class_ids"):
-        PanopticQuality(8, (4, 8), D, 255)
+        PanopticQuality.from_ids(8, (4, 8), D, 255)
+    with pytest.raises(TypeError, match="PanopticLabels"):
+        PanopticQuality(8)
     metric.update_state(np.full((1, 3, 3), VOID + 7), good)  # any void instance is fine
 
 
@@ -331,7 +334,7 @@ def test_compiled_update_matches_eager():
     """The update runs traced: tf.function with unknown sizes, or jax.jit."""
     batches = _random_batches(seed=5, config="cityscapes_like")
     eager = _pq(batches)
-    metric = PanopticQuality(8, (4, 5, 6, 7), D, 255)
+    metric = PanopticQuality(PanopticLabels.from_ids(8, (4, 5, 6, 7), D, 255))
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
         spec = tf.TensorSpec([None, None, None], tf.int32)
@@ -370,7 +373,7 @@ def _reference_miou(batches, num_classes, divisor, ignore):
 
 
 def test_mean_iou_by_hand():
-    miou = MeanIoU(num_classes=3, label_divisor=D, ignore_label=255)
+    miou = MeanIoU(PanopticLabels.from_ids(3, label_divisor=D, ignore_label=255))
     # class 0: 2 hits, class 1: 1 hit + 1 pixel predicted void, class 2: 1 pixel predicted 0.
     y_true = np.array([[[0, 0, 1001, 1002, 2000, VOID]]])
     y_pred = np.array([[[0, 0, 1000, VOID, 0, 2000]]])
@@ -387,12 +390,13 @@ def test_mean_iou_by_hand():
 def test_mean_iou_random(config):
     num_classes, _, divisor, ignore, _, _ = CONFIGS[config]
     batches = _random_batches(seed=2, config=config)
-    miou = MeanIoU(num_classes, divisor, ignore)
+    miou = MeanIoU(PanopticLabels.from_ids(num_classes, label_divisor=divisor,
+                                           ignore_label=ignore))
     for y_true, y_pred in batches:
         miou.update_state(y_true, y_pred)
     assert float(miou.result()) == pytest.approx(
         _reference_miou(batches, num_classes, divisor, ignore), abs=1e-6)
     clone = MeanIoU.from_config(miou.get_config())
-    assert clone.get_config() == miou.get_config()
+    assert clone.get_config() == miou.get_config() and clone.labels == miou.labels
     with pytest.raises(ValueError, match=f"class {num_classes + 1} "):
         miou.update_state(batches[0][0], np.full_like(batches[0][1], (num_classes + 1) * divisor))

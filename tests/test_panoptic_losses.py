@@ -18,7 +18,8 @@ from keras import ops
 
 from axial_keras.panoptic.losses import (BootstrappedCrossEntropy, CenterHeatmapMSE, OffsetL1,
                                          PanopticDeepLabLoss)
-from test_panoptic_targets import DIVISOR, IGNORE, NUM_CLASSES, THINGS, random_labels, \
+from axial_keras.labels import CITYSCAPES
+from test_panoptic_targets import DIVISOR, IGNORE, LABELS, NUM_CLASSES, random_labels, \
     reference_targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +137,7 @@ def test_offset_l1_by_hand_averages_the_two_channels():
 def test_panoptic_loss_matches_the_deeplab2_pipeline_in_numpy():
     labels = random_labels(3, 2, 24, 30)
     pred = predictions(1, 2, 24, 30)
-    loss = PanopticDeepLabLoss(NUM_CLASSES, THINGS, DIVISOR, IGNORE, sigma=3.0,
+    loss = PanopticDeepLabLoss(LABELS, sigma=3.0,
                                small_instance_area=40)
     want = reference_targets(labels, sigma=3.0, small_instance_area=40)
     semantic = reference_cross_entropy(want["semantic"], pred["semantic_logits"])
@@ -159,7 +160,7 @@ def test_panoptic_loss_matches_the_deeplab2_pipeline_in_numpy():
 
 def test_panoptic_loss_is_zero_for_a_perfect_prediction():
     labels = random_labels(4, 2, 20, 26)
-    loss = PanopticDeepLabLoss(NUM_CLASSES, THINGS, DIVISOR, IGNORE, sigma=2.0)
+    loss = PanopticDeepLabLoss(LABELS, sigma=2.0)
     targets = loss.targets(labels)
     semantic = np.minimum(value(targets["semantic"]), NUM_CLASSES - 1)
     perfect = {"semantic_logits": 100.0 * np.eye(NUM_CLASSES, dtype=np.float32)[semantic],
@@ -174,7 +175,7 @@ def test_panoptic_loss_is_zero_for_a_perfect_prediction():
 def test_pixel_sample_weight_masks_every_term():
     labels = random_labels(5, 2, 16, 16)
     pred = predictions(2, 2, 16, 16)
-    loss = PanopticDeepLabLoss(NUM_CLASSES, THINGS, DIVISOR, IGNORE, sigma=2.0)
+    loss = PanopticDeepLabLoss(LABELS, sigma=2.0)
     assert value(loss(labels, pred, sample_weight=np.zeros((2, 16, 16), np.float32))) == 0.0
     mask = np.zeros((2, 16, 16), np.float32)
     mask[:, :8] = 1.0
@@ -189,7 +190,7 @@ def test_gradients_are_finite_and_select_the_top_k_pixels(jit_compile):
     labels = random_labels(6, 2, 20, 20)
     labels[1] = IGNORE * DIVISOR  # no loss at all in image 1
     pred = {k: tf.constant(v) for k, v in predictions(3, 2, 20, 20).items()}
-    loss = PanopticDeepLabLoss(NUM_CLASSES, THINGS, DIVISOR, IGNORE, sigma=2.0)
+    loss = PanopticDeepLabLoss(LABELS, sigma=2.0)
 
     @tf.function(jit_compile=jit_compile)
     def step(labels, pred):
@@ -212,7 +213,7 @@ def test_panoptic_loss_trains_a_keras_model_with_fit():
         def __init__(self):
             super().__init__()
             self.head = keras.layers.Conv2D(NUM_CLASSES + 3, 3, padding="same")
-            self.panoptic_loss = PanopticDeepLabLoss(NUM_CLASSES, THINGS, DIVISOR, IGNORE,
+            self.panoptic_loss = PanopticDeepLabLoss(LABELS,
                                                      sigma=2.0)
 
         def call(self, images):
@@ -236,17 +237,17 @@ def test_panoptic_loss_trains_a_keras_model_with_fit():
 def test_losses_serialize_and_validate_arguments():
     losses = [BootstrappedCrossEntropy(0.3, ignore_label=0, reduction="sum"),
               CenterHeatmapMSE(top_k_percent=0.5), OffsetL1(name="off"),
-              PanopticDeepLabLoss(19, range(11, 19), 1000, 255, center_weight=100.0)]
+              PanopticDeepLabLoss(CITYSCAPES, center_weight=100.0)]
     for loss in losses:
         config = keras.saving.serialize_keras_object(loss)
         restored = keras.saving.deserialize_keras_object(json.loads(json.dumps(config)))
         assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
-    assert losses[-1].get_config()["thing_class_ids"] == list(range(11, 19))
+    assert losses[-1].get_config()["labels"] == CITYSCAPES.get_config()
     with pytest.raises(ValueError, match="top_k_percent"):
         BootstrappedCrossEntropy(1.5)
     with pytest.raises(ValueError, match="reduction"):
         OffsetL1(reduction="mean_with_sample_weight")
-    loss = PanopticDeepLabLoss(NUM_CLASSES, THINGS, DIVISOR, IGNORE)
+    loss = PanopticDeepLabLoss(LABELS)
     pred = predictions(0, 1, 8, 8)
     with pytest.raises(ValueError, match="center_offsets"):
         loss(np.zeros((1, 8, 8), np.int32), {k: pred[k] for k in list(pred)[:2]})
@@ -264,7 +265,9 @@ from axial_keras.panoptic.losses import PanopticDeepLabLoss
 data = json.loads(sys.stdin.read())
 labels = np.array(data["labels"], np.int32)
 pred = {k: np.array(v, np.float32) for k, v in data["pred"].items()}
-loss = PanopticDeepLabLoss(4, (2, 3), 1000, 255, sigma=3.0, small_instance_area=40)
+from axial_keras.labels import PanopticLabels
+loss = PanopticDeepLabLoss(PanopticLabels.from_ids(4, (2, 3), 1000, 255), sigma=3.0,
+                           small_instance_area=40)
 terms = jax.jit(loss.loss_terms)(labels, pred)
 total, grads = jax.jit(jax.value_and_grad(lambda p: loss(labels, p)))(pred)
 print(json.dumps({"terms": {k: float(v) for k, v in terms.items()}, "total": float(total),
@@ -282,7 +285,7 @@ def test_jax_backend_gives_the_same_losses_and_gradients():
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     jax_out = json.loads(result.stdout)
-    loss = PanopticDeepLabLoss(NUM_CLASSES, THINGS, DIVISOR, IGNORE, sigma=3.0,
+    loss = PanopticDeepLabLoss(LABELS, sigma=3.0,
                                small_instance_area=40)
     tf_pred = {k: tf.constant(v) for k, v in pred.items()}
     with tf.GradientTape() as tape:

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+from axial_keras.labels import PanopticLabels
 from axial_keras.panoptic.targets import PanopticTargets, panoptic_targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,15 +22,13 @@ DIVISOR = 1000
 IGNORE = 255
 NUM_CLASSES = 4  # 0, 1 stuff; 2, 3 things
 THINGS = (2, 3)
+LABELS = PanopticLabels.from_ids(NUM_CLASSES, THINGS, DIVISOR, IGNORE)
 KEYS = ("semantic", "semantic_weights", "center_heatmap", "center_weights", "offsets",
         "offset_weights")
 
 
 def targets_np(label, **kwargs):
-    config = dict(num_classes=NUM_CLASSES, thing_class_ids=THINGS, label_divisor=DIVISOR,
-                  ignore_label=IGNORE)
-    config.update(kwargs)
-    return {k: ops.convert_to_numpy(v) for k, v in panoptic_targets(label, **config).items()}
+    return {k: ops.convert_to_numpy(v) for k, v in panoptic_targets(label, LABELS, **kwargs).items()}
 
 
 def reference_targets(label, sigma=8.0, small_instance_area=4096, small_instance_weight=3.0):
@@ -234,8 +233,7 @@ def test_matches_the_deeplab2_loop_on_random_labels(seed, sigma, shape):
 def test_accepts_integer_dtypes_and_no_things():
     label = np.full((1, 6, 6), 1001, np.int64)
     assert targets_np(label.astype(np.uint16))["semantic"][0, 0, 0] == 1
-    out = panoptic_targets(label, num_classes=2, thing_class_ids=[], label_divisor=1000,
-                           ignore_label=255)
+    out = panoptic_targets(label, PanopticLabels.from_ids(2, [], 1000, 255))
     assert float(ops.max(out["center_heatmap"])) == 0.0
     assert float(ops.max(out["offset_weights"])) == 0.0
 
@@ -255,13 +253,22 @@ def test_invalid_labels_raise_value_error_eagerly():
     with pytest.raises(ValueError, match=r"rank 4"):
         targets_np(np.zeros((1, 4, 4, 1), np.int32))
     with pytest.raises(ValueError, match="ignore_label"):
-        PanopticTargets(NUM_CLASSES, THINGS, DIVISOR, ignore_label=DIVISOR)
-    with pytest.raises(ValueError, match="thing_class_ids"):
-        PanopticTargets(NUM_CLASSES, (2, 4), DIVISOR, IGNORE)
+        PanopticTargets(PanopticLabels.from_ids(NUM_CLASSES, THINGS, DIVISOR, DIVISOR))
+    with pytest.raises(TypeError, match="PanopticLabels"):
+        PanopticTargets(NUM_CLASSES)
+
+
+def test_config_round_trip():
+    builder = PanopticTargets(LABELS, sigma=3.0, small_instance_area=40)
+    clone = PanopticTargets.from_config(builder.get_config())
+    assert clone.get_config() == builder.get_config() and clone.labels == LABELS
+    label = random_labels(3, 1, 20, 24)
+    assert_targets_equal(targets_np(label, sigma=3.0, small_instance_area=40),
+                         {k: ops.convert_to_numpy(v) for k, v in clone(label).items()})
 
 
 def test_graph_mode_treats_out_of_range_classes_as_void_and_checks_static_shapes():
-    builder = PanopticTargets(NUM_CLASSES, THINGS, DIVISOR, IGNORE)
+    builder = PanopticTargets(LABELS)
     label = np.full((1, 4, 4), 2001, np.int32)
     label[0, 0, 0] = 9 * DIVISOR + 1
     out = tf.function(builder)(label)
@@ -278,7 +285,7 @@ def test_graph_mode_treats_out_of_range_classes_as_void_and_checks_static_shapes
 def test_tf_data_map_with_dynamic_shapes():
     shapes = [(2, 33, 47), (1, 20, 64), (3, 40, 29)]
     labels = [random_labels(seed, *shape) for seed, shape in enumerate(shapes)]
-    builder = PanopticTargets(NUM_CLASSES, THINGS, DIVISOR, IGNORE, sigma=3.0,
+    builder = PanopticTargets(LABELS, sigma=3.0,
                               small_instance_area=40)
     dataset = tf.data.Dataset.from_generator(
         lambda: iter(labels), output_signature=tf.TensorSpec([None, None, None], tf.int32))
@@ -294,9 +301,11 @@ import json, sys
 import jax
 import numpy as np
 from keras import ops
+from axial_keras.labels import PanopticLabels
 from axial_keras.panoptic.targets import PanopticTargets
 labels = np.array(json.loads(sys.stdin.read()), np.int32)
-builder = PanopticTargets(4, (2, 3), 1000, 255, sigma=3.0, small_instance_area=40)
+builder = PanopticTargets(PanopticLabels.from_ids(4, (2, 3), 1000, 255), sigma=3.0,
+                          small_instance_area=40)
 eager = builder(labels)
 jitted = jax.jit(builder)(labels)
 for key in eager:

@@ -4,9 +4,15 @@ import keras
 import numpy as np
 import pytest
 
-from axial_keras.panoptic.postprocessing import PanopticPostProcessor
+from axial_keras.labels import PanopticLabels
+from axial_keras.panoptic.postprocessing import PanopticPostProcessor, PostProcessingSettings
 
 DIVISOR, IGNORE, NUM_CLASSES, THINGS = 100, 255, 5, (2, 3, 4)
+LABELS = PanopticLabels.from_ids(NUM_CLASSES, THINGS, DIVISOR, IGNORE)
+
+
+def _post(**settings):
+    return PanopticPostProcessor(LABELS, PostProcessingSettings(**settings))
 
 
 def _scene(seed=0, height=48, width=56):
@@ -58,7 +64,7 @@ def _same_segmentation(pred, gt):
 
 def test_recovers_the_exact_panoptic_map_from_ideal_heads():
     labels = np.stack([_scene(0), _scene(1)])
-    post = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, nms_kernel=7, keep_k_centers=20)
+    post = _post(nms_kernel=7, keep_k_centers=20)
     result = post(_batch(labels))
     for pred, gt in zip(np.asarray(result["panoptic"]), labels):
         _same_segmentation(pred, gt)
@@ -68,7 +74,7 @@ def test_recovers_the_exact_panoptic_map_from_ideal_heads():
 
 def test_an_image_does_not_depend_on_its_batch_mates():
     labels = np.stack([_scene(0), _scene(3), _scene(5)])
-    post = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, keep_k_centers=20, stuff_area_limit=50)
+    post = _post(keep_k_centers=20, stuff_area_limit=50)
     batch = _batch(labels)
     together = post(batch)
     for i in range(3):
@@ -83,7 +89,7 @@ def test_small_stuff_becomes_void_and_no_centre_means_void_things():
     label[10:15, 10:15] = 2 * DIVISOR + 1
     batch = _batch(label[None])
     batch["center_heatmap"] = np.zeros_like(batch["center_heatmap"])  # no centres at all
-    result = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, keep_k_centers=20, stuff_area_limit=10)(batch)
+    result = _post(keep_k_centers=20, stuff_area_limit=10)(batch)
     pan = np.asarray(result["panoptic"])[0]
     void = IGNORE * DIVISOR
     assert np.all(pan[:3, :3] == void) and np.all(pan[10:15, 10:15] == void)
@@ -98,12 +104,12 @@ def test_instances_take_their_majority_class():
     logits = batch["semantic_logits"].copy()
     logits[0, 4:8, 4:20] = np.eye(NUM_CLASSES)[3] * 10  # a minority of class-3 pixels
     batch["semantic_logits"] = logits
-    pan = np.asarray(PanopticPostProcessor(THINGS, DIVISOR, IGNORE, keep_k_centers=20)(batch)["panoptic"])[0]
+    pan = np.asarray(_post(keep_k_centers=20)(batch)["panoptic"])[0]
     assert set(np.unique(pan[4:20, 4:20]).tolist()) == {2 * DIVISOR + 1}
 
 
 def test_runs_inside_a_compiled_function():
-    post = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, keep_k_centers=20)
+    post = _post(keep_k_centers=20)
     batch = _batch(np.stack([_scene(0)]))
     eager = np.asarray(post(batch)["panoptic"])
     small = _batch(np.stack([_scene(1, 9, 11)]))  # fewer pixels than keep_k_centers
@@ -124,11 +130,45 @@ def test_runs_inside_a_compiled_function():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="nms_kernel"):
-        PanopticPostProcessor(THINGS, DIVISOR, nms_kernel=4)
+        PostProcessingSettings(nms_kernel=4)
     with pytest.raises(ValueError, match="keep_k_centers"):
-        PanopticPostProcessor(THINGS, 100, keep_k_centers=100)
+        _post(keep_k_centers=100)  # = DIVISOR: instance ids would not fit
     with pytest.raises(ValueError, match="grouping_tile"):
-        PanopticPostProcessor(THINGS, DIVISOR, keep_k_centers=20, grouping_tile=0)
+        PostProcessingSettings(keep_k_centers=20, grouping_tile=0)
+    with pytest.raises(TypeError, match="from_ids"):
+        PanopticPostProcessor(THINGS)
+    with pytest.raises(ValueError, match="logits have 2 classes"):
+        _post(keep_k_centers=20)({"semantic_logits": np.zeros((1, 4, 4, 2), "float32"),
+                                  "center_heatmap": np.zeros((1, 4, 4, 1), "float32"),
+                                  "center_offsets": np.zeros((1, 4, 4, 2), "float32")})
+
+
+def test_loose_arguments_and_config_round_trip_give_the_same_maps():
+    batch = _batch(np.stack([_scene(0), _scene(2)]))
+    want = _post(nms_kernel=5, keep_k_centers=20)(batch)
+    loose = PanopticPostProcessor.from_ids(THINGS, DIVISOR, IGNORE, nms_kernel=5,
+                                           keep_k_centers=20)
+    assert loose.labels.thing_class_ids == THINGS and loose.settings.nms_kernel == 5
+    rebuilt = PanopticPostProcessor.from_config(_post(nms_kernel=5, keep_k_centers=20).get_config())
+    assert rebuilt.labels == LABELS and rebuilt.settings == PostProcessingSettings(0.1, 5, 20)
+    for post in (loose, rebuilt):
+        got = post(batch)
+        for key in want:
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
+
+
+def test_unrolled_grouping_gives_the_same_maps():
+    labels = np.stack([_scene(0), _scene(4)])
+    batch = _batch(labels)
+    rng = np.random.RandomState(21)
+    batch["center_offsets"] = batch["center_offsets"] + rng.normal(
+        scale=3.0, size=batch["center_offsets"].shape).astype("float32")
+    settings = PostProcessingSettings(nms_kernel=5, keep_k_centers=24, stuff_area_limit=20)
+    want = PanopticPostProcessor(LABELS, settings)(batch)
+    got = PanopticPostProcessor(LABELS, settings, unroll=True)(batch)
+    assert len(np.unique(np.asarray(want["panoptic"]))) >= 6
+    for key in want:
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
 
 
 def _brute_force_nearest(target_y, target_x, center_y, center_x, valid):
@@ -170,7 +210,7 @@ def test_tiled_grouping_is_the_exact_nearest_centre(tile, kind):
         offsets[1, 20, 20] = 1e25
     target_y, target_x = yy + offsets[..., 0], xx + offsets[..., 1]
     is_thing = rng.uniform(size=(batch, height, width)) < 0.6
-    post = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, keep_k_centers=k, grouping_tile=tile)
+    post = _post(keep_k_centers=k, grouping_tile=tile)
     got = np.asarray(post.nearest_center(target_y, target_x, is_thing, center_y, center_x,
                                          valid))
     want = _brute_force_nearest(target_y, target_x, center_y, center_x, valid)
@@ -187,8 +227,8 @@ def test_panoptic_maps_do_not_depend_on_the_grouping_tile(tile):
     batch["center_heatmap"] = batch["center_heatmap"] + rng.uniform(
         0, 0.3, size=batch["center_heatmap"].shape).astype("float32")
     args = dict(nms_kernel=5, keep_k_centers=40, stuff_area_limit=30)
-    want = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, grouping_tile=32, **args)(batch)
-    got = PanopticPostProcessor(THINGS, DIVISOR, IGNORE, grouping_tile=tile, **args)(batch)
+    want = _post(grouping_tile=32, **args)(batch)
+    got = _post(grouping_tile=tile, **args)(batch)
     for key in want:
         np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
 

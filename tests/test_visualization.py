@@ -13,10 +13,7 @@ from axial_keras.panoptic import visualization
 from axial_keras.panoptic.visualization import (colorize_panoptic, overlay, side_by_side,
                                                 write_png)
 
-META = dict(label_divisor=DIGITS_PANOPTIC.label_divisor,
-            ignore_label=DIGITS_PANOPTIC.ignore_label,
-            thing_class_ids=DIGITS_PANOPTIC.thing_class_ids,
-            num_classes=DIGITS_PANOPTIC.num_classes)
+META = DIGITS_PANOPTIC
 
 
 def _colour_of_each_segment(panoptic, colours):
@@ -46,14 +43,15 @@ def test_png_write_replaces_atomically_and_leaves_no_temporary(tmp_path):
         write_png(path, image.astype(np.float32))
     with pytest.raises(ValueError, match="height, width"):
         write_png(path, np.zeros((2, 2, 2), np.uint8))
-    with pytest.raises(FileNotFoundError):
-        write_png(os.path.join(tmp_path, "missing", "out.png"), image)
     assert os.listdir(tmp_path) == ["out.png"]
+    write_png(os.path.join(tmp_path, "new", "out.png"), image)  # the folder is made
+    assert sorted(os.listdir(tmp_path)) == ["new", "out.png"]
+    assert os.listdir(os.path.join(tmp_path, "new")) == ["out.png"]
 
 
 def test_colours_are_distinct_per_segment_and_stable():
     images, panoptic = generate_digits_panoptic(20, "test")
-    colours = [colorize_panoptic(p, **META) for p in panoptic]
+    colours = [colorize_panoptic(p, META) for p in panoptic]
     assert colours[0].shape == (64, 64, 3) and colours[0].dtype == np.uint8
     palette = {}
     for p, c in zip(panoptic, colours):
@@ -67,7 +65,7 @@ def test_colours_are_distinct_per_segment_and_stable():
 
     # Every instance id of every thing class, and the stuff / crowd tints: all distinct.
     ids = np.arange(12 * 256).reshape(12, 256)
-    all_colours = colorize_panoptic(ids, **META).reshape(-1, 3)[: 10 * 256 + 2 * 256]
+    all_colours = colorize_panoptic(ids, META).reshape(-1, 3)[: 10 * 256 + 2 * 256]
     things = all_colours[: 10 * 256]
     assert len({tuple(c) for c in things}) == 10 * 256
     stuff = {tuple(all_colours[c * 256]) for c in (10, 11)}
@@ -76,11 +74,11 @@ def test_colours_are_distinct_per_segment_and_stable():
 
 def test_colorize_rejects_unknown_classes():
     with pytest.raises(ValueError, match=r"\[3072\]"):
-        colorize_panoptic(np.array([[0, 12 * 256]]), **META)
+        colorize_panoptic(np.array([[0, 12 * 256]]), META)
     with pytest.raises(ValueError, match="no class"):
-        colorize_panoptic(np.array([[-1]]), **META)
-    with pytest.raises(ValueError, match="thing_class_ids"):
-        colorize_panoptic(np.zeros((2, 2), np.int32), 256, 255, (12,), 12)
+        colorize_panoptic(np.array([[-1]]), META)
+    with pytest.raises(ValueError, match="integers"):
+        colorize_panoptic(np.zeros((2, 2), np.float32), META)
 
 
 def test_overlay_blends_within_range():

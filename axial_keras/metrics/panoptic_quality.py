@@ -259,12 +259,11 @@ class PanopticQuality(keras.metrics.Metric):
         Returns:
             dict of floats in [0, 1]: `pq, sq, rq, pq_things, sq_things, rq_things, pq_stuff,
             sq_stuff, rq_stuff`, and `per_class_pq, per_class_sq, per_class_rq` of shape
-            `[num_classes]` (0 for classes that never appeared and for `ignore_label`).
+            `[num_classes]` (0 for classes that never appeared).
         """
         tp, fp, fn = self.true_positives, self.false_positives, self.false_negatives
         classes = np.arange(self.num_classes)
-        counted = ops.convert_to_tensor(classes != self.ignore_label)
-        appears = ops.logical_and(counted, ops.greater(tp + fp + fn, 0))
+        appears = ops.greater(tp + fp + fn, 0)
         denominator = tp + 0.5 * fp + 0.5 * fn
         per_class = {
             "pq": ops.divide_no_nan(self.iou_sum, denominator),
