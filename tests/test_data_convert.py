@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from axial_keras.data import load_metadata, panoptic_dataset
+from axial_keras.labels import CITYSCAPES
 from axial_keras.data import tfrecord
 from axial_keras.data.convert import convert_dataset
 from axial_keras.data.panoptic_source import DatasetFileError
@@ -102,17 +103,19 @@ def test_round_trip_is_exact_for_every_panoptic_id(tmp_path, dataset):
             7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
         assert metadata["classes"][13] == {"id": 13, "source_id": 26, "name": "car",
                                            "isthing": True}
-        assert load_metadata(out).thing_class_ids == tuple(range(11, 19))
+        assert load_metadata(out) == CITYSCAPES
 
 
 def test_cityscapes_trainids_match_cityscapesscripts():
     from cityscapesscripts.helpers.labels import labels
 
-    from axial_keras.data.cityscapes_panoptic import CLASSES
+    from axial_keras.data.cityscapes_panoptic import LABEL_IDS
 
     reference = sorted((label.id, label.trainId, label.name, label.hasInstances)
                        for label in labels if not label.ignoreInEval)
-    assert list(CLASSES) == reference
+    ours = [(label_id, c.id, c.name, c.is_thing)
+            for label_id, c in zip(LABEL_IDS, CITYSCAPES.classes)]
+    assert ours == reference
 
 
 def test_shards_are_round_robin_and_a_rerun_replaces_them(tmp_path):

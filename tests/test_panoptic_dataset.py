@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from axial_keras.data import PanopticMetadata, load_metadata, pad_and_batch, panoptic_dataset
+from axial_keras.data import load_metadata, pad_and_batch, panoptic_dataset
 from axial_keras.data import tfrecord
 from axial_keras.data.convert import convert_dataset
-from axial_keras.data.panoptic_dataset import MEAN_PIXEL, photometric_jitter
+from axial_keras.data.panoptic_dataset import photometric_jitter
+from axial_keras.labels import CITYSCAPES, PanopticClass, PanopticLabels
 from axial_keras.panoptic.targets import PanopticTargets
+from axial_keras.pixels import MID_GREY
 from dataset_fixtures import write_cityscapes_panoptic_fixture
 
 VOID = 255 * 1000
 # A toy label encoding for hand-written records: classes 0 (stuff), 1, 2 (things).
-TOY = PanopticMetadata(class_names=("ground", "a", "b"), num_classes=3,
-                       thing_class_ids=(1, 2), stuff_class_ids=(0,), label_divisor=1000,
-                       ignore_label=255)
+TOY = PanopticLabels((PanopticClass(0, "ground", False), PanopticClass(1, "a", True),
+                      PanopticClass(2, "b", True)), label_divisor=1000, ignore_label=255)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def _write_toy_records(path, sizes):
 def test_evaluation_batches_pad_images_and_void_labels(tmp_path, cityscapes):
     path = str(tmp_path / "toy.tfrecord")
     panoptics = _write_toy_records(path, [(20, 30), (25, 22), (21, 23)])
-    batches = list(panoptic_dataset(path, metadata=TOY, batch_size=2))
+    batches = list(panoptic_dataset(path, labels=TOY, batch_size=2))
     assert [tuple(b["image"].shape) for b in batches] == [(2, 25, 30, 3), (1, 21, 23, 3)]
     first = batches[0]
     assert first["image"].dtype == tf.float32 and first["panoptic"].dtype == tf.int32
@@ -75,16 +76,15 @@ def test_evaluation_batches_pad_images_and_void_labels(tmp_path, cityscapes):
                                       _colour(panoptics[f"toy{index}"]).astype(np.uint8))
         padded = np.ones((25, 30), bool)
         padded[:height, :width] = False
-        assert np.all(panoptic[padded] == VOID) and np.all(image[padded] == MEAN_PIXEL)
+        assert np.all(panoptic[padded] == VOID) and np.all(image[padded] == MID_GREY)
 
-    fixed = pad_and_batch(panoptic_dataset(path, metadata=TOY), 3, TOY, padded_size=(33, 40))
+    fixed = pad_and_batch(panoptic_dataset(path, labels=TOY), 3, TOY, padded_size=(33, 40))
     batch = next(iter(fixed))
     assert batch["image"].shape == (3, 33, 40, 3) and batch["panoptic"].shape == (3, 33, 40)
     assert np.all(batch["panoptic"].numpy()[:, 25:] == VOID)
 
-    targets = PanopticTargets(num_classes=3, thing_class_ids=(1, 2), label_divisor=1000,
-                              ignore_label=255)
-    with_targets = next(iter(panoptic_dataset(path, metadata=TOY, batch_size=2,
+    targets = PanopticTargets(TOY)
+    with_targets = next(iter(panoptic_dataset(path, labels=TOY, batch_size=2,
                                               targets=targets)))
     assert with_targets["semantic"].shape == (2, 25, 30)
     assert np.all(with_targets["semantic"].numpy()[0, 20:] == 255)
@@ -104,13 +104,13 @@ def test_scale_crop_and_flip_keep_image_and_labels_aligned(tmp_path):
     path = str(tmp_path / "toy.tfrecord")
     panoptics = _write_toy_records(path, [(33, 45), (40, 37)])
     known = set(np.unique(np.concatenate([p.ravel() for p in panoptics.values()])))
-    dataset = panoptic_dataset(path, training=True, metadata=TOY, crop_size=(41, 41),
+    dataset = panoptic_dataset(path, training=True, labels=TOY, crop_size=(41, 41),
                                photometric=False, seed=3, deterministic=True)
     checked = 0
     for example in dataset.take(24):
         image, panoptic = example["image"].numpy(), example["panoptic"].numpy()
         assert set(np.unique(panoptic)) <= known  # Nearest neighbour invents no id.
-        padded = np.all(image == MEAN_PIXEL, axis=-1) & (panoptic == VOID)
+        padded = np.all(image == MID_GREY, axis=-1) & (panoptic == VOID)
         # Inner pixels whose 3x3 label neighbourhood is one segment show its colour.
         window = np.lib.stride_tricks.sliding_window_view(panoptic, (3, 3))
         inner = (slice(1, -1), slice(1, -1))
@@ -124,9 +124,7 @@ def test_scale_crop_and_flip_keep_image_and_labels_aligned(tmp_path):
 
 def test_flip_keeps_offsets_pointing_to_the_flipped_centres(cityscapes):
     pattern, expected = cityscapes
-    targets = PanopticTargets(num_classes=19, thing_class_ids=range(11, 19),
-                              label_divisor=1000, ignore_label=255, sigma=2.0,
-                              small_instance_area=64)
+    targets = PanopticTargets(CITYSCAPES, sigma=2.0, small_instance_area=64)
     dataset = panoptic_dataset(pattern, training=True, crop_size=(33, 65), min_scale=1.0,
                                max_scale=1.0, photometric=False, seed=0, deterministic=True,
                                targets=targets)
@@ -155,8 +153,7 @@ def test_flip_keeps_offsets_pointing_to_the_flipped_centres(cityscapes):
 
 def test_targets_match_the_target_builder_on_the_augmented_batch(cityscapes):
     pattern, _ = cityscapes
-    targets = PanopticTargets(num_classes=19, thing_class_ids=range(11, 19),
-                              label_divisor=1000, ignore_label=255, sigma=3.0)
+    targets = PanopticTargets(CITYSCAPES, sigma=3.0)
     batch = next(iter(panoptic_dataset(pattern, training=True, crop_size=(41, 49),
                                        batch_size=4, seed=1, targets=targets)))
     assert batch["image"].shape == (4, 41, 49, 3) and batch["image"].dtype == tf.float32
@@ -177,7 +174,7 @@ def test_photometric_jitter_changes_pixels_not_padding(cityscapes):
         image, panoptic = example["image"].numpy(), example["panoptic"].numpy()
         np.testing.assert_array_equal(panoptic[:33, :65],
                                       expected[example["image_id"].numpy().decode()])
-        assert np.all(image[33:] == MEAN_PIXEL) and np.all(image[:, 65:] == MEAN_PIXEL)
+        assert np.all(image[33:] == MID_GREY) and np.all(image[:, 65:] == MID_GREY)
         assert np.all(panoptic[33:] == VOID) and np.all(panoptic[:, 65:] == VOID)
         content, original = image[:33, :65], reference["image"].numpy()[:33, :65]
         assert 0.0 <= content.min() and content.max() <= 255.0
@@ -230,7 +227,7 @@ def test_errors_name_the_problem(tmp_path, cityscapes):
     _write_toy_records(path, [(20, 30)])
     with pytest.raises(ValueError, match="No metadata.json"):
         panoptic_dataset(path)
-    assert load_metadata(os.path.dirname(pattern)).num_classes == 19
+    assert load_metadata(os.path.dirname(pattern)) == CITYSCAPES
 
 
 def test_a_training_batch_feeds_the_model_and_its_loss(cityscapes):
@@ -238,13 +235,15 @@ def test_a_training_batch_feeds_the_model_and_its_loss(cityscapes):
     from axial_keras.panoptic.losses import PanopticDeepLabLoss
 
     pattern, _ = cityscapes
-    metadata = load_metadata(os.path.dirname(pattern))
-    encoding = dict(num_classes=metadata.num_classes, thing_class_ids=metadata.thing_class_ids,
-                    label_divisor=metadata.label_divisor, ignore_label=metadata.ignore_label)
-    model = get_model("axial_deeplab_tiny", **encoding)
+    labels = load_metadata(os.path.dirname(pattern))
+    model = get_model("axial_deeplab_tiny", num_classes=labels.num_classes,
+                      thing_class_ids=labels.thing_class_ids,
+                      label_divisor=labels.label_divisor, ignore_label=labels.ignore_label)
     batch = next(iter(panoptic_dataset(pattern, training=True, crop_size=(33, 65),
                                        batch_size=2, seed=0)))
     outputs = model(batch["image"], training=True)
     assert outputs["semantic_logits"].shape == (2, 33, 65, 19)
-    loss = PanopticDeepLabLoss(**encoding, sigma=2.0)(batch["panoptic"], outputs)
-    assert np.isfinite(float(loss)) and float(loss) > 0
+    loss = PanopticDeepLabLoss(labels, sigma=2.0)
+    terms = loss.loss_terms(batch["panoptic"], outputs)
+    total = float(loss(batch["panoptic"], outputs))
+    assert total == pytest.approx(sum(float(v) for v in terms.values()), rel=1e-5)

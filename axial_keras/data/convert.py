@@ -18,6 +18,7 @@ A broken input stops the conversion with an error that names the file (see
 and the summary counts and lists what was skipped.
 """
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -36,6 +37,7 @@ from axial_keras.data.cityscapes_panoptic import read_cityscapes_panoptic
 from axial_keras.data.coco_panoptic import read_coco_panoptic
 from axial_keras.data.panoptic_source import (DatasetFileError, PanopticSource,
                                               SourceExample, load_example)
+from axial_keras.files import atomic_path
 
 READERS: Dict[str, Callable[[str, str], PanopticSource]] = {
     "coco_panoptic": read_coco_panoptic,
@@ -177,30 +179,27 @@ def convert_dataset(dataset: str, root: str, split: str, output_dir: str, num_sh
     os.makedirs(output_dir, exist_ok=True)
     paths = [tfrecord.shard_path(output_dir, split, index, num_shards)
              for index in range(num_shards)]
-    temporaries = [f"{path}.tmp-{os.getpid()}" for path in paths]
     progress = _Progress(len(source.examples), f"{dataset} {split}", progress_stream)
     stop = threading.Event()
     workers = min(num_workers or os.cpu_count() or 1, num_shards)
     try:
-        with futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            tasks = [pool.submit(_write_shard, source, list(source.examples[index::num_shards]),
-                                 temporaries[index], skip_bad, stop, progress)
-                     for index in range(num_shards)]
-            try:
-                results = [task.result() for task in tasks]
-            except BaseException:
-                stop.set()
-                raise
-    except BaseException:
-        for temporary in temporaries:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        raise
+        # Every shard is written to a temporary file; all are renamed into place only
+        # when every shard succeeded (else all are removed).
+        with contextlib.ExitStack() as stack:
+            temporaries = [stack.enter_context(atomic_path(path)) for path in paths]
+            with futures.ThreadPoolExecutor(max_workers=workers) as pool:
+                tasks = [pool.submit(_write_shard, source,
+                                     list(source.examples[index::num_shards]),
+                                     temporaries[index], skip_bad, stop, progress)
+                         for index in range(num_shards)]
+                try:
+                    results = [task.result() for task in tasks]
+                except BaseException:
+                    stop.set()
+                    raise
     finally:
         progress.close()
 
-    for temporary, path in zip(temporaries, paths):
-        os.replace(temporary, path)
     for stale in sorted(set(glob.glob(os.path.join(output_dir, f"{split}-*-of-*.tfrecord")))
                         - set(paths)):
         logging.info("Removing %s, a shard of an earlier conversion.", stale)
