@@ -5,10 +5,12 @@ import json
 
 import pytest
 
+from axial_keras.data import DIGITS_PANOPTIC, DIGITS_POST_PROCESSING
+from axial_keras.labels import CITYSCAPES
 from trainer import experiments
-from trainer.experiments import (apply_overrides, build_model, get_experiment,
-                                 list_experiments, load_config, panoptic_loss_args,
-                                 post_processor_args, save_config)
+from trainer.experiments import (ClassificationTaskConfig, PanopticTaskConfig, apply_overrides,
+                                 build_model, get_experiment, list_experiments, load_config,
+                                 panoptic_loss_args, save_config)
 
 PAPER = {
     "coco_panoptic_axial_deeplab_s": ("axial_deeplab_s", (641, 641), 64, 200_000),
@@ -46,11 +48,13 @@ def test_paper_recipes(name):
     assert config.optimizer.schedule == "polynomial" and config.optimizer.warmup_steps > 0
     if name.startswith("cityscapes"):
         assert config.model.spans == (None, 65, 65, 65, 65)
-        assert (config.task.num_classes, config.task.label_divisor) == (19, 1000)
-        assert config.task.thing_class_ids == tuple(range(11, 19))
+        assert config.task.labels == CITYSCAPES
+        assert config.task.post_processing.nms_kernel == 13
     else:
-        assert (config.task.num_classes, config.task.label_divisor) == (133, 256)
-        assert config.task.thing_class_ids == tuple(range(80))
+        labels = config.task.labels
+        assert (labels.num_classes, labels.label_divisor) == (133, 256)
+        assert labels.thing_class_ids == tuple(range(80))
+        assert config.task.post_processing.nms_kernel == 41
 
 
 def test_digits_panoptic_is_the_demo_recipe():
@@ -87,6 +91,8 @@ def test_overrides_parse_to_the_field_types():
     ("optimizer.learning_rate=fast", "optimizer.learning_rate"),
     ("trainer.eval_flip=maybe", "trainer.eval_flip"),
     ("data.crop_size=64,x", "data.crop_size"),
+    ("task.post_processing.nms_kernel=big", "task.post_processing.nms_kernel"),
+    ("task.labels.label_divisor=1.5", "task.labels.label_divisor"),
 ])
 def test_a_wrongly_typed_value_names_the_key(override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -106,6 +112,20 @@ def test_an_unknown_key_names_it_and_the_allowed_keys():
         get_experiment("digits_panoptic", ["trainer.train_steps"])
     with pytest.raises(ValueError, match="Unknown override key 'loss.weight'"):
         get_experiment("digits_panoptic", ["loss.weight=1"])
+    # A classification task has no panoptic fields.
+    with pytest.raises(ValueError, match="Unknown override key 'task.sigma'"):
+        get_experiment("digits_classification", ["task.sigma=2"])
+
+
+def test_nested_overrides_reach_the_labels_and_post_processing():
+    config = get_experiment("digits_panoptic", ["task.post_processing.center_threshold=0.3",
+                                                "task.labels.label_divisor=512",
+                                                "task.post_processing.nms_kernel=9"])
+    assert config.task.post_processing == dataclasses.replace(
+        DIGITS_POST_PROCESSING, center_threshold=0.3, nms_kernel=9)
+    assert config.task.labels == dataclasses.replace(DIGITS_PANOPTIC, label_divisor=512)
+    with pytest.raises(ValueError, match="nms_kernel"):
+        get_experiment("digits_panoptic", ["task.post_processing.nms_kernel=4"])
 
 
 def test_configs_are_frozen():
@@ -119,9 +139,14 @@ def test_save_and_load_round_trip(tmp_path):
                             ["trainer.train_steps=7", "trainer.eval_scales=0.5,1.0"])
     path = save_config(config, str(tmp_path))
     assert json.load(open(path))["trainer"]["train_steps"] == 7
+    assert json.load(open(path))["task"]["type"] == "panoptic"
     assert load_config(path) == config
     assert load_config(str(tmp_path)) == config
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    classification = get_experiment("digits_classification")
+    save_config(classification, str(tmp_path))
+    assert load_config(str(tmp_path)) == classification
+    assert isinstance(load_config(str(tmp_path)).task, ClassificationTaskConfig)
     values = json.load(open(path))
     values["trainer"]["bogus"] = 1
     with pytest.raises(ValueError, match="bogus"):
@@ -137,7 +162,7 @@ def test_apply_overrides_composes():
 def test_build_model_sizes_the_model_from_the_task():
     config = get_experiment("digits_panoptic", ["data.image_size=32"])
     model = build_model(config)
-    assert model.num_classes == 12 and model.thing_class_ids == tuple(range(10))
+    assert model.num_classes == 12 and tuple(model.thing_class_ids) == tuple(range(10))
     assert not model.synchronized_bn and not model.backbone_args.get("synchronized_bn")
     synced = build_model(config, num_replicas=2)
     assert synced.synchronized_bn and synced.backbone_args["synchronized_bn"]
@@ -154,12 +179,12 @@ def test_build_model_sizes_the_model_from_the_task():
     assert classifier.output_shape == (None, 10)
 
 
-def test_loss_and_post_processor_arguments_construct():
+def test_loss_and_post_processor_take_the_task_values():
     from axial_keras.panoptic import PanopticDeepLabLoss, PanopticPostProcessor
 
     task = get_experiment("digits_panoptic").task
-    loss = PanopticDeepLabLoss(task.num_classes, task.thing_class_ids, task.label_divisor,
-                               task.ignore_label, **panoptic_loss_args(task))
-    assert loss.center_weight == task.center_weight
-    post = PanopticPostProcessor(**post_processor_args(task))
-    assert (post.center_threshold, post.nms_kernel) == (task.center_threshold, task.nms_kernel)
+    assert isinstance(task, PanopticTaskConfig)
+    loss = PanopticDeepLabLoss(task.labels, **panoptic_loss_args(task))
+    assert (loss.center_weight, loss.targets.sigma) == (task.center_weight, 3.0)
+    post = PanopticPostProcessor(task.labels, task.post_processing)
+    assert (post.center_threshold, post.nms_kernel, post.keep_k_centers) == (0.5, 11, 16)
