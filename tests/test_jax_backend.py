@@ -28,7 +28,8 @@ def test_layers_and_models_pass_under_jax():
     deselect = [arg for test in SLOW_UNDER_JAX for arg in ("--deselect", test)]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *deselect,
-         "tests/test_layers.py", "tests/test_models.py", "tests/test_postprocessing.py"],
+         "tests/test_layers.py", "tests/test_models.py", "tests/test_postprocessing.py",
+         "tests/test_panoptic_predictor.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     tail = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, tail

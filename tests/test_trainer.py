@@ -19,13 +19,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from axial_keras.data import DIGITS_PANOPTIC
+from axial_keras.saving import model_checkpoint, read_model_artifacts
 from trainer import curves, inputs, optimization, train
-from trainer.checkpointing import model_checkpoint, read_best
+from trainer.checkpointing import read_best
 from trainer.curves import read_scalars as scalars
 from trainer.experiments import get_experiment
 from trainer.reliability import NonFiniteLossError
-from trainer.tasks import multiscale_outputs
 from trainer_helpers import (REPO, TINY_CLASSIFIER, TINY_PANOPTIC, checkpoint_values,
+                             evaluate_model_dir,
                              environment, fingerprint, image_summaries, run_trainer,
                              trainer_command)
 
@@ -76,8 +78,15 @@ def test_panoptic_train_and_eval_writes_checkpoints_summaries_and_best(tmp_path,
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
     assert json.load(open(tmp_path / "config.json"))["trainer"]["eval_flip"] is True
     metrics = result["eval"]
+    # The run describes its model: rebuilt from model.json with the final checkpoint, the
+    # task's predictor gives the same metrics again.
+    artifacts = read_model_artifacts(model_dir)
+    assert artifacts.labels == DIGITS_PANOPTIC
+    assert artifacts.post_processing == config.task.post_processing
+    assert artifacts.model_config["class_name"] == "AxialDeepLab"
+    recomputed = evaluate_model_dir(config, model_dir)
     for key in ("pq", "sq", "rq", "pq_things", "pq_stuff", "miou"):
-        assert 0.0 <= metrics[key] <= 1.0
+        assert metrics[key] == pytest.approx(recomputed[key], abs=1e-9), key
     assert json.load(open(tmp_path / "eval_results.json"))["step"] == 4
 
     train_scalars = scalars(str(tmp_path / "train"))
@@ -141,7 +150,10 @@ def test_eval_mode_and_continuous_eval(reference, tmp_path):
     model_dir = copy_of(reference[0], tmp_path)
     config = get_experiment("digits_classification", RESUMABLE)
     result = train.run(config, model_dir, "eval")
-    assert result["step"] == STEPS and 0.0 <= result["eval"]["accuracy"] <= 1.0
+    assert result["step"] == STEPS
+    assert result["eval"]["accuracy"] == pytest.approx(
+        evaluate_model_dir(config, model_dir)["accuracy"], abs=1e-12)
+    assert read_model_artifacts(model_dir).labels is None  # a classifier has no panoptic labels
     assert read_best(os.path.join(model_dir, "best"))["metric"] == "accuracy"
     assert json.load(open(os.path.join(model_dir, "eval_results.json")))["step"] == STEPS
 
@@ -280,40 +292,6 @@ def test_two_workers_finish_and_agree_on_the_final_weights(tmp_path):
          "ckpt-4.data-00000-of-00001", "ckpt-4.index"])
 
 
-def test_multiscale_flip_averaging_undoes_flip_and_scale():
-    """A flip- and scale-equivariant model: averaging its views must give its plain output.
-
-    Its semantic logits follow the pixel brightness; every pixel's offset points 1 px down
-    and to the brightness-weighted mean column (the "centre" of the bright half), in the
-    pixels of whatever input it sees. Un-flipping must negate dx and un-scaling must
-    rescale both offsets, or the average moves away from the plain prediction.
-    """
-    height, width = 8, 12
-
-    def model(images, training=False):
-        del training
-        shape = tf.shape(images)
-        brightness = images[..., :1] / 255.0
-        columns = tf.cast(tf.range(shape[2]), tf.float32)[None, None, :, None]
-        centre = tf.reduce_sum(brightness * columns, axis=[1, 2], keepdims=True) \
-            / tf.reduce_sum(brightness, axis=[1, 2], keepdims=True)
-        down = tf.cast(shape[1], tf.float32) / height * tf.ones_like(brightness)
-        return {"semantic_logits": 20.0 * tf.concat([brightness, 1.0 - brightness], -1),
-                "center_heatmap": brightness,
-                "center_offsets": tf.concat([down, centre - columns + 0.0 * brightness], -1)}
-
-    images = tf.concat([tf.zeros([1, height, width // 2, 3]),
-                        tf.fill([1, height, width - width // 2, 3], 255.0)], axis=2)
-    plain = multiscale_outputs(model, images)
-    averaged = multiscale_outputs(model, images, scales=(1.0, 2.0), flip=True)
-    assert averaged["center_offsets"].shape == (1, height, width, 2)
-    np.testing.assert_allclose(averaged["center_offsets"], plain["center_offsets"], atol=0.05)
-    np.testing.assert_allclose(plain["center_offsets"][0, 0, :, 1], 8.5 - np.arange(width))
-    np.testing.assert_array_equal(np.argmax(averaged["semantic_logits"], -1),
-                                  np.argmax(plain["semantic_logits"], -1))
-    np.testing.assert_allclose(averaged["center_heatmap"][..., 0, :3, 0], 0.0, atol=1e-6)
-
-
 def test_training_input_depends_only_on_the_step():
     images = np.arange(10)
     context = tf.distribute.InputContext()
@@ -440,7 +418,9 @@ def test_cityscapes_experiment_trains_and_evaluates_on_converted_records(tmp_pat
     config = tiny_paper_experiment("cityscapes_panoptic_axial_deeplab_l", records)
     result = train.run(config, str(tmp_path / "model"), "train_and_eval")
     assert result["step"] == 2
-    assert 0.0 <= result["eval"]["pq"] <= 1.0 and 0.0 <= result["eval"]["miou"] <= 1.0
+    recomputed = evaluate_model_dir(config, str(tmp_path / "model"))
+    for key in ("pq", "miou"):
+        assert result["eval"][key] == pytest.approx(recomputed[key], abs=1e-9), key
     losses = scalars(str(tmp_path / "model" / "train"))["loss"]
     assert [step for step, _ in losses] == [1, 2] and all(np.isfinite(v) for _, v in losses)
 
@@ -458,6 +438,7 @@ def test_coco_experiment_input_on_converted_records(tmp_path):
     classes = np.unique(batches[0][1].numpy() // 256)
     assert set(classes) - {255} <= set(range(133)) and len(classes) > 2
     wrong = tiny_paper_experiment("coco_panoptic_axial_deeplab_s", records,
-                                  "task.label_divisor=512")
-    with pytest.raises(ValueError, match="task.label_divisor=512 but the records have 256"):
+                                  "task.labels.label_divisor=512")
+    with pytest.raises(ValueError,
+                       match="task.labels.label_divisor=512 but the records have 256"):
         next(iter(train.create_task(wrong).train_dataset(context, 0)))

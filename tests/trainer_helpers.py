@@ -77,3 +77,22 @@ def fingerprint(log: str) -> str:
     marker = "weights fingerprint "
     line = [line for line in log.splitlines() if marker in line][-1]
     return line.split(marker)[1].split()[0]
+
+
+def evaluate_model_dir(config, model_dir: str) -> Dict[str, float]:
+    """The evaluation metrics of `model_dir`'s latest checkpoint, recomputed outside the
+    trainer's loop: the model rebuilt from the `model.json` the run wrote, then the task's
+    `predict` and evaluation over its whole evaluation set."""
+    import tensorflow as tf
+
+    from axial_keras.saving import load_weights, read_model_artifacts, rebuild_model
+    from trainer.tasks import create_task
+
+    task = create_task(config)
+    model = rebuild_model(read_model_artifacts(model_dir).model_config)
+    load_weights(model, model_dir)
+    evaluation = task.new_evaluation()
+    predict = tf.function(lambda images: task.predict(model, images))
+    for images, labels in task.eval_dataset(tf.distribute.InputContext()):
+        evaluation.update(labels.numpy(), predict(images).numpy())
+    return evaluation.result()
