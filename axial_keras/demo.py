@@ -110,9 +110,7 @@ def train_digits_panoptic(epochs: int = 14, num_train: int = 2400, num_test: int
                                     batch_size=batch_size, shuffle=True)
     train = train.map(lambda image, label: (keras.ops.cast(image, "float32"), label))
     test_images, test_labels = generate_digits_panoptic(num_test, "test", image_size, seed=seed + 1)
-    model = get_model("axial_deeplab_tiny", num_classes=meta.num_classes,
-                      thing_class_ids=meta.thing_class_ids, label_divisor=meta.label_divisor,
-                      ignore_label=meta.ignore_label)
+    model = get_model("axial_deeplab_tiny", labels=meta)
     steps = epochs * -(-num_train // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps - steps // 20, warmup_target=learning_rate,

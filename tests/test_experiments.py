@@ -162,16 +162,16 @@ def test_apply_overrides_composes():
 def test_build_model_sizes_the_model_from_the_task():
     config = get_experiment("digits_panoptic", ["data.image_size=32"])
     model = build_model(config)
-    assert model.num_classes == 12 and tuple(model.thing_class_ids) == tuple(range(10))
-    assert not model.synchronized_bn and not model.backbone_args.get("synchronized_bn")
+    assert model.labels == DIGITS_PANOPTIC
+    assert not model.synchronized_bn and not model.backbone.synchronized_bn
     synced = build_model(config, num_replicas=2)
-    assert synced.synchronized_bn and synced.backbone_args["synchronized_bn"]
+    assert synced.synchronized_bn and synced.backbone.synchronized_bn
     norms = [layer for layer in synced._flatten_layers() if hasattr(layer, "synchronized")]
     assert norms and all(layer.synchronized for layer in norms)
     forced_off = build_model(apply_overrides(config, ["model.synchronized_bn=false"]), 2)
     assert not forced_off.synchronized_bn
     dropping = build_model(apply_overrides(config, ["model.drop_path_rate=0.1"]))
-    assert dropping.backbone_args["drop_path_rate"] == 0.1
+    assert dropping.backbone.drop_path_rate == 0.1
     assert any(layer.rate > 0 for layer in dropping._flatten_layers()
                if type(layer).__name__ == "DropPath")
     classifier = build_model(get_experiment("digits_classification"))

@@ -236,9 +236,7 @@ def test_a_training_batch_feeds_the_model_and_its_loss(cityscapes):
 
     pattern, _ = cityscapes
     labels = load_metadata(os.path.dirname(pattern))
-    model = get_model("axial_deeplab_tiny", num_classes=labels.num_classes,
-                      thing_class_ids=labels.thing_class_ids,
-                      label_divisor=labels.label_divisor, ignore_label=labels.ignore_label)
+    model = get_model("axial_deeplab_tiny", labels=labels)
     batch = next(iter(panoptic_dataset(pattern, training=True, crop_size=(33, 65),
                                        batch_size=2, seed=0)))
     outputs = model(batch["image"], training=True)

@@ -4,17 +4,18 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
-from axial_keras.data import DIGITS_PANOPTIC, generate_digits_panoptic
+from axial_keras.data import DIGITS_PANOPTIC, DIGITS_POST_PROCESSING, generate_digits_panoptic
 from axial_keras.demo import train_digits_panoptic
+from axial_keras.metrics import PanopticQuality
 from axial_keras.models import get_model
+from axial_keras.panoptic import PanopticPredictor
+from axial_keras.saving import read_model_artifacts
 
 
 def _model():
-    meta = DIGITS_PANOPTIC
-    return get_model("axial_deeplab_tiny", num_classes=meta.num_classes,
-                     thing_class_ids=meta.thing_class_ids, label_divisor=meta.label_divisor,
-                     ignore_label=meta.ignore_label)
+    return get_model("axial_deeplab_tiny", labels=DIGITS_PANOPTIC)
 
 
 def test_fit_on_panoptic_labels_lowers_the_loss():
@@ -47,3 +48,12 @@ def test_demo_pipeline_trains_evaluates_and_writes_overlays(tmp_path):
     model, result, seconds, paths = train_digits_panoptic(
         epochs=1, num_train=32, num_test=8, batch_size=8, verbose=0, output_dir=str(tmp_path))
     assert len(paths) == 8 and all(os.path.getsize(p) > 0 for p in paths)
+    # The demo evaluates with the experiment's post-processing and says so beside the model.
+    artifacts = read_model_artifacts(str(tmp_path))
+    assert artifacts.labels == DIGITS_PANOPTIC
+    assert artifacts.post_processing == DIGITS_POST_PROCESSING
+    images, labels = generate_digits_panoptic(8, "test", 64, seed=1)
+    predictor = PanopticPredictor(model, DIGITS_PANOPTIC, DIGITS_POST_PROCESSING)
+    metric = PanopticQuality(DIGITS_PANOPTIC)
+    metric.update_state(labels, np.asarray(predictor(images)["panoptic"]))
+    assert float(result["pq"]) == pytest.approx(float(metric.result()["pq"]), abs=1e-9)

@@ -393,21 +393,17 @@ def build_model(config: ExperimentConfig, num_replicas: int = 1):
         num_replicas: replicas the model trains on; with `model.synchronized_bn=None`,
             more than one synchronizes batch norm across them.
     """
-    from axial_keras.models.registry import get_model, get_spec
+    from axial_keras.models.registry import get_model
 
     task, model = config.task, config.model
     synchronized = (model.synchronized_bn if model.synchronized_bn is not None
                     else num_replicas > 1)
     overrides: Dict[str, Any] = {"synchronized_bn": True} if synchronized else {}
     if isinstance(task, PanopticTaskConfig):
-        backbone = dict(get_spec(model.name).kwargs.get("backbone", {}))
-        backbone.update(_backbone_options(model))
+        backbone = _backbone_options(model)
         if synchronized:
             backbone["synchronized_bn"] = True
-        labels = task.labels
-        overrides.update(num_classes=labels.num_classes, thing_class_ids=labels.thing_class_ids,
-                         label_divisor=labels.label_divisor, ignore_label=labels.ignore_label,
-                         backbone=backbone)
+        overrides.update(labels=task.labels, backbone=backbone)
     else:
         overrides.update(num_classes=task.num_classes, **_backbone_options(model))
         if model.input_size:
