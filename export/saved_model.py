@@ -31,7 +31,6 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from axial_keras import cli
-from axial_keras.control_flow import static_loops
 from axial_keras.files import atomic_path, read_json
 from axial_keras.labels import PanopticLabels
 from axial_keras.panoptic import PanopticPredictor, PostProcessingSettings
@@ -41,7 +40,8 @@ from export import serving
 from export.metadata import ExportMetadata, write_saved_model_metadata
 
 FLAGS = flags.FLAGS
-# Serialized-config keys set for export: attention attends all rows at once (no loop).
+# Serialized-config keys set for export, at any depth of the model's config: every
+# attention layer attends all its rows at once (no `ops.map` loop in the graph).
 EXPORT_CONFIG = {"attention_chunk_elements": None, "chunk_elements": None}
 
 
@@ -77,7 +77,7 @@ def write_saved_model(model: keras.Model, labels: PanopticLabels,
     """
     encoded = PanopticPredictor(model, labels, settings)
     pixels = PanopticPredictor(model, labels, settings, unroll=True)
-    with atomic_path(os.path.abspath(output_dir)) as temporary, static_loops():
+    with atomic_path(os.path.abspath(output_dir)) as temporary:
         archive = keras.export.ExportArchive()
         archive.add_endpoint(
             "serving_default", lambda images: serving.serve_encoded(encoded, images),

@@ -11,7 +11,7 @@ from typing import Optional
 import keras
 from keras import ops
 
-from axial_keras.layers.axial_attention import AxialAttention2D
+from axial_keras.layers.axial_attention import CHUNK_ELEMENTS, AxialAttention2D
 from axial_keras.layers.madds import layer_madds
 
 
@@ -267,6 +267,8 @@ class AxialBottleneck(_Bottleneck):
         activate_output: bool. Apply the final ReLU (models that also need the
             pre-activation sum set False and apply it themselves).
         max_span: int. Relative-position table reach (see `AxialAttention`).
+        attention_chunk_elements: None or int. `AxialAttention`'s `chunk_elements`
+            (None: all rows at once, no loop).
         kernel_regularizer, momentum, epsilon, synchronized: as in `ConvNormAct`.
         **kwargs: base `Layer` arguments.
 
@@ -278,7 +280,8 @@ class AxialBottleneck(_Bottleneck):
 
     def __init__(self, filters: int, strides: int = 1, span: Optional[int] = None,
                  num_heads: int = 8, key_expansion: float = 1.0, value_expansion: float = 2.0,
-                 bottleneck_expansion: float = 2.0, max_span: int = 255, **kwargs):
+                 bottleneck_expansion: float = 2.0, max_span: int = 255,
+                 attention_chunk_elements: Optional[int] = CHUNK_ELEMENTS, **kwargs):
         super().__init__(filters, strides, **kwargs)
         key_total = int(round(filters * key_expansion))
         value_total = int(round(filters * value_expansion))
@@ -288,6 +291,7 @@ class AxialBottleneck(_Bottleneck):
                     f"{what} channels ({total}) of a block with filters={filters} must be "
                     f"divisible by num_heads={num_heads}.")
         self.span, self.num_heads, self.max_span = span, num_heads, max_span
+        self.attention_chunk_elements = attention_chunk_elements
         self.key_expansion, self.value_expansion = key_expansion, value_expansion
         self.bottleneck_expansion = bottleneck_expansion
         self.conv1 = ConvNormAct(int(round(filters * bottleneck_expansion)), 1,
@@ -297,7 +301,7 @@ class AxialBottleneck(_Bottleneck):
             value_dim=value_total // num_heads, span=span, strides=strides,
             max_span=max_span, momentum=self.momentum, epsilon=self.epsilon,
             synchronized=self.synchronized, kernel_regularizer=self.kernel_regularizer,
-            name="attention", dtype=self.dtype_policy)
+            chunk_elements=attention_chunk_elements, name="attention", dtype=self.dtype_policy)
         self.attention_act = keras.layers.Activation("relu", name="attention_relu",
                                                      dtype=self.dtype_policy)
         self.conv3 = ConvNormAct(self.output_channels, 1, gamma_initializer="zeros",
@@ -310,6 +314,7 @@ class AxialBottleneck(_Bottleneck):
         config = super().get_config()
         config.update({
             "span": self.span, "num_heads": self.num_heads, "max_span": self.max_span,
+            "attention_chunk_elements": self.attention_chunk_elements,
             "key_expansion": self.key_expansion, "value_expansion": self.value_expansion,
             "bottleneck_expansion": self.bottleneck_expansion,
         })
@@ -473,12 +478,12 @@ class FullAxialStem(_Stem):
         num_heads: int. Attention heads.
         activate_output: bool. Apply the final ReLU.
         **kwargs: `AxialBottleneck` options (`key_expansion`, `value_expansion`,
-            `bottleneck_expansion`, `drop_path_rate`, `max_span`, batch-norm options)
-            and base `Layer` arguments.
+            `bottleneck_expansion`, `drop_path_rate`, `max_span`,
+            `attention_chunk_elements`, batch-norm options) and base `Layer` arguments.
     """
 
     _BLOCK_ARGS = ("key_expansion", "value_expansion", "bottleneck_expansion",
-                   "drop_path_rate", "max_span")
+                   "drop_path_rate", "max_span", "attention_chunk_elements")
 
     def __init__(self, filters: int = 16, span: Optional[int] = None, num_heads: int = 8,
                  **kwargs):

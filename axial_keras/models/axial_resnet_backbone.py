@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import keras
 from keras import ops
 
-from axial_keras.layers.axial_attention import check_span
+from axial_keras.layers.axial_attention import CHUNK_ELEMENTS, check_span
 from axial_keras.layers.blocks import (AxialBottleneck, ConvBottleneck, ConvStem,
                                        FullAxialStem, InceptionStem)
 from axial_keras.models.madds import functional_madds
@@ -65,6 +65,9 @@ class AxialResNetBackbone(keras.Model):
         momentum, epsilon: batch-norm options.
         synchronized_bn: bool. Synchronized batch norm across replicas.
         max_span: int. Relative-position table reach of the attention layers.
+        attention_chunk_elements: None or int. The attention layers' `chunk_elements`
+            (rows in chunks of about this many elements; None: all at once, no loop,
+            as export sets it).
         **kwargs: `keras.Model` arguments (`name`, `dtype`).
 
     Example:
@@ -97,6 +100,7 @@ class AxialResNetBackbone(keras.Model):
         epsilon: float = 1e-3,
         synchronized_bn: bool = False,
         max_span: int = 255,
+        attention_chunk_elements: Optional[int] = CHUNK_ELEMENTS,
         **kwargs,
     ):
         if stem not in STEMS:
@@ -125,7 +129,8 @@ class AxialResNetBackbone(keras.Model):
                     dtype=dtype)
         axial = dict(num_heads=num_heads, key_expansion=key_expansion,
                      value_expansion=value_expansion,
-                     bottleneck_expansion=bottleneck_expansion, max_span=max_span)
+                     bottleneck_expansion=bottleneck_expansion, max_span=max_span,
+                     attention_chunk_elements=attention_chunk_elements)
 
         def filters_at(stride):
             return int(round(32 * stride * width_multiplier))
@@ -205,6 +210,7 @@ class AxialResNetBackbone(keras.Model):
         self.epsilon = epsilon
         self.synchronized_bn = synchronized_bn
         self.max_span = max_span
+        self.attention_chunk_elements = attention_chunk_elements
 
     def get_config(self) -> dict:
         return {
@@ -231,6 +237,7 @@ class AxialResNetBackbone(keras.Model):
             "epsilon": self.epsilon,
             "synchronized_bn": self.synchronized_bn,
             "max_span": self.max_span,
+            "attention_chunk_elements": self.attention_chunk_elements,
         }
 
     def madds(self, input_shape) -> int:

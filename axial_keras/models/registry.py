@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import keras
 
 from axial_keras.labels import CITYSCAPES, PanopticLabels
+from axial_keras.layers.axial_attention import CHUNK_ELEMENTS
 from axial_keras.models.axial_deeplab import OUTPUT_STRIDE, AxialDeepLab
 from axial_keras.models.axial_resnet_backbone import AxialResNetBackbone
 from axial_keras.models.axial_resnet_classifier import AxialResNetClassifier
@@ -41,6 +42,7 @@ class AxialResNetConfig:
     epsilon: float = 1e-3
     synchronized_bn: bool = False
     max_span: int = 255
+    attention_chunk_elements: Optional[int] = CHUNK_ELEMENTS
 
 
 @dataclasses.dataclass(frozen=True)
