@@ -1,10 +1,13 @@
-"""Export: the SavedModel's contract (signatures, mixed sizes, bad input), serving it the way
-TF Serving does from a TF-only process, LiteRT (float32 parity, int8) and ONNX parity, the
-predict tool, and loading weights from .keras / .weights.h5 / TF checkpoints.
+"""Export: the SavedModel's contract (signatures, mixed sizes, bad input), parity with the
+trainer's evaluation, serving it the way TF Serving does from a TF-only process, LiteRT
+(float32 parity, int8, no WHILE loop) and ONNX parity, the predict tool, and loading
+weights from .keras / .weights.h5 / TF checkpoints.
 
 One model and one SavedModel serve the whole module: fresh weights (seeded) of the
 digits_panoptic experiment, with the centre threshold set from the model's own heatmap so
 that every image has several instances and the parity checks compare real panoptic maps.
+The model is exported the way `make demo` does it: from a trainer-style model_dir
+(config.json, model.json, labels.json, post_processing.json and a TF checkpoint).
 """
 
 import base64
@@ -21,14 +24,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from axial_keras.data import generate_digits_panoptic
+from axial_keras import saving
+from axial_keras.data import DIGITS_PANOPTIC, generate_digits_panoptic
 from axial_keras.panoptic import write_png
 from export import images as export_images
 from export import onnx as export_onnx
-from export import predict, rest_api, saved_model, tflite, weights
+from export import predict, rest_api, saved_model, tflite
 from export.metadata import read_saved_model_metadata, read_tflite_metadata
 from export.runtime import load_exported
 from trainer.experiments import build_model, get_experiment, save_config
+from trainer.tasks import create_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
@@ -74,7 +79,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, images):
-    """(config, .weights.h5 path, SavedModel dir, SavedModel runner)."""
+    """(config, model_dir, SavedModel dir, SavedModel runner, the trained-side model)."""
     root = tmp_path_factory.mktemp("export")
     config = get_experiment("digits_panoptic")
     keras.utils.set_random_seed(config.trainer.seed)
@@ -85,12 +90,17 @@ def exported(tmp_path_factory, images):
     kernel.assign(np.random.default_rng(0).normal(0.0, 1.0, kernel.shape).astype("float32"))
     heat = np.asarray(model(images.astype("float32"))["center_heatmap"])
     threshold = float(np.quantile(heat, 0.9))
-    config = get_experiment("digits_panoptic", [f"task.center_threshold={threshold}"])
-    checkpoint = str(root / "model.weights.h5")
-    model.save_weights(checkpoint)
+    config = get_experiment("digits_panoptic",
+                            [f"task.post_processing.center_threshold={threshold}"])
+    model_dir = str(root / "model_dir")
+    save_config(config, model_dir)
+    saving.write_model_artifacts(model_dir, model, config.task.labels,
+                                 config.task.post_processing)
+    tf.train.CheckpointManager(saving.model_checkpoint(model), model_dir, 1).save(
+        checkpoint_number=300)
     directory = str(root / "saved_model" / "1")
-    saved_model.export_saved_model(config, directory, checkpoint)
-    return config, checkpoint, directory, load_exported(directory)
+    saved_model.export_saved_model(model_dir, directory)
+    return config, model_dir, directory, load_exported(directory), model
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +124,41 @@ def test_saved_model_serves_encoded_and_uint8_batches_identically(exported, imag
     # The maps are not trivial: several classes and instances per image.
     assert len(np.unique(reference["semantic"])) >= 3
     assert all(len(np.unique(instance)) >= 3 for instance in reference["instance"])
-    divisor = exported[0].task.label_divisor
+    divisor = exported[0].task.labels.label_divisor
     np.testing.assert_array_equal(reference["instance"], reference["panoptic"] % divisor)
     probability = reference["semantic_probability"]
     assert np.all((probability > 0) & (probability <= 1))
+
+
+def test_the_saved_model_gives_the_trainer_evaluation_maps(exported, images, reference):
+    """What is evaluated is what is served: the trainer task's `predict` (a
+    `PanopticPredictor` with the experiment's settings) on the model before export, and
+    the SavedModel rebuilt from the model_dir, give identical panoptic maps."""
+    config, model = exported[0], exported[4]
+    task = create_task(config)
+    evaluated = tf.function(lambda x: task.predict(model, x))(images.astype(np.float32))
+    np.testing.assert_array_equal(evaluated.numpy(), reference["panoptic"])
+    encoded = exported[3].encoded([_png(image) for image in images])
+    np.testing.assert_array_equal(evaluated.numpy(), encoded["panoptic"])
+    assert len(np.unique(reference["panoptic"])) >= 10  # many segments, not a trivial map
+
+
+def _graph_op_types(graph_def) -> set:
+    """Op types of a GraphDef's nodes and of every function in its library."""
+    types = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        types |= {node.op for node in function.node_def}
+    return types
+
+
+def test_the_uint8_signature_and_the_tflite_graph_have_no_while_loop(exported, tmp_path):
+    signature = exported[3].model.signatures["serving_uint8"]
+    types = _graph_op_types(signature.graph.as_graph_def())
+    assert "Conv2D" in types and "TopKV2" in types  # the network and the post-processor
+    assert not {op for op in types if "While" in op}
+    content = tflite.convert(exported[2], "none")
+    operators = set(tflite.operator_names(content))
+    assert "CONV_2D" in operators and "WHILE" not in operators
 
 
 def test_mixed_sizes_are_padded_and_each_image_keeps_its_own_result(exported, images):
@@ -128,11 +169,10 @@ def test_mixed_sizes_are_padded_and_each_image_keeps_its_own_result(exported, im
     np.testing.assert_array_equal(together["image_size"], [[64, 64], [60, 50]])
     for key in ("panoptic", "semantic", "instance", "semantic_probability"):
         np.testing.assert_array_equal(together[key][1, :60, :50], alone[key][0])
-    config = exported[0]
-    void = config.task.ignore_label * config.task.label_divisor
-    assert np.all(together["panoptic"][1, 60:] == void)
-    assert np.all(together["panoptic"][1, :, 50:] == void)
-    assert np.all(together["semantic"][1, :, 50:] == config.task.ignore_label)
+    labels = exported[0].task.labels
+    assert np.all(together["panoptic"][1, 60:] == labels.void_id)
+    assert np.all(together["panoptic"][1, :, 50:] == labels.void_id)
+    assert np.all(together["semantic"][1, :, 50:] == labels.ignore_label)
     assert np.all(together["semantic_probability"][1, :, 50:] == 0)
 
 
@@ -231,10 +271,10 @@ def test_tflite_int8_runs_and_gives_valid_panoptic_ids(exported, images, referen
         os.path.join(exported[2], "variables", "variables")))
     assert os.path.getsize(path) < 0.5 * float32_bytes
     outputs = load_exported(str(path))(images)
-    task = config.task
-    classes = outputs["panoptic"] // task.label_divisor
-    assert np.all((classes < task.num_classes) | (classes == task.ignore_label))
-    assert np.all(outputs["panoptic"] % task.label_divisor <= task.keep_k_centers)
+    labels, settings = config.task.labels, config.task.post_processing
+    classes = outputs["panoptic"] // labels.label_divisor
+    assert np.all((classes < labels.num_classes) | (classes == labels.ignore_label))
+    assert np.all(outputs["panoptic"] % labels.label_divisor <= settings.keep_k_centers)
     assert np.all((outputs["semantic_probability"] > 0) & (outputs["semantic_probability"] <= 1))
     # Agreement is measured, not tested: these fresh weights give near-tied logits
     # (benchmarks/export_formats.py measures a trained model).
@@ -263,8 +303,33 @@ def test_predict_writes_pictures_and_segments(exported, images, tmp_path):
     assert export_images.read_image(paths[1]).shape == (50, 2 * SIZE + 2, 3)
     with open(paths[2]) as f:
         assert json.load(f) == found
+    labels = runner.metadata.labels
+    assert labels == DIGITS_PANOPTIC
     assert sum(segment["area"] for segment in found) == int(np.sum(
-        result["panoptic"] // runner.metadata.label_divisor != runner.metadata.ignore_label))
+        result["panoptic"] // labels.label_divisor != labels.ignore_label))
+    assert [segment for segment in found if segment["is_thing"]]
+    for segment in found:
+        assert segment["class_name"] == DIGITS_PANOPTIC.classes[segment["class"]].name
+        assert segment["id"] == segment["class"] * 256 + segment["instance"]
+        mask = result["panoptic"] == segment["id"]
+        if segment["is_thing"]:
+            assert segment["center_score"] == round(float(result["instance_scores"][mask].max()), 4)
+        else:
+            assert "center_score" not in segment and segment["instance"] == 0
+
+
+def test_segments_name_classes_and_score_things_only(exported):
+    metadata = read_saved_model_metadata(exported[2])
+    panoptic = np.array([[10 * 256, 10 * 256, 3 * 256 + 1],
+                         [255 * 256, 11 * 256, 3 * 256 + 1]])
+    scores = np.array([[0.0, 0.0, 1.0312], [0.0, 0.0, 0.9]], np.float32)
+    assert predict.segments(panoptic, scores, metadata) == [
+        {"id": 769, "class": 3, "class_name": "digit_3", "is_thing": True, "instance": 1,
+         "area": 2, "center_score": 1.0312},
+        {"id": 2560, "class": 10, "class_name": "sand", "is_thing": False, "instance": 0,
+         "area": 2},
+        {"id": 2816, "class": 11, "class_name": "water", "is_thing": False, "instance": 0,
+         "area": 1}]
 
 
 def test_fit_image_pads_small_and_shrinks_large_images():
@@ -282,14 +347,13 @@ def test_fit_image_pads_small_and_shrinks_large_images():
 
 
 def test_weights_load_from_keras_files_and_tf_checkpoints(exported, images, tmp_path):
-    config, checkpoint = exported[0], exported[1]
-    source = build_model(config)
-    source.load_weights(checkpoint)
+    config, source = exported[0], exported[4]
     expected = np.asarray(source(images[:1].astype("float32"))["semantic_logits"])
+    source.save_weights(str(tmp_path / "model.weights.h5"))
     source.save(str(tmp_path / "model.keras"))
-    for path in (checkpoint, str(tmp_path / "model.keras")):
+    for path in (str(tmp_path / "model.weights.h5"), str(tmp_path / "model.keras")):
         target = build_model(config)
-        assert weights.load_weights(target, path) == path
+        assert saving.load_weights(target, path) == path
         np.testing.assert_array_equal(
             np.asarray(target(images[:1].astype("float32"))["semantic_logits"]), expected)
     optimizer = keras.optimizers.AdamW()
@@ -298,25 +362,28 @@ def test_weights_load_from_keras_files_and_tf_checkpoints(exported, images, tmp_
         tf.train.Checkpoint(model=source, optimizer=optimizer), str(tmp_path / "ckpt"), 1)
     prefix = manager.save(checkpoint_number=300)
     target = build_model(config)
-    if weights.untracked_variables(target):
-        # Variables TF checkpoints cannot hold must stop the export, never be left random.
-        with pytest.raises(ValueError, match="outside TensorFlow's object graph"):
-            weights.load_weights(target, str(tmp_path / "ckpt"))
-    else:
-        assert weights.load_weights(target, str(tmp_path / "ckpt")) == prefix
-        np.testing.assert_array_equal(
-            np.asarray(target(images[:1].astype("float32"))["semantic_logits"]), expected)
+    assert not saving.untracked_variables(target)
+    assert saving.load_weights(target, str(tmp_path / "ckpt")) == prefix
+    np.testing.assert_array_equal(
+        np.asarray(target(images[:1].astype("float32"))["semantic_logits"]), expected)
     with pytest.raises(FileNotFoundError):
-        weights.load_weights(target, str(tmp_path / "missing.keras"))
+        saving.load_weights(target, str(tmp_path / "missing.keras"))
 
 
-def test_export_metadata_and_config_from_a_model_dir(exported, tmp_path):
-    config, checkpoint, directory = exported[:3]
+def test_export_metadata_and_the_model_dir_it_rebuilds_from(exported, tmp_path):
+    config, model_dir, directory = exported[:3]
     metadata = read_saved_model_metadata(directory)
-    assert metadata.experiment == "digits_panoptic" and metadata.checkpoint == checkpoint
-    assert metadata.post_processing["center_threshold"] == config.task.center_threshold
+    assert metadata.experiment == "digits_panoptic"
+    assert metadata.checkpoint == os.path.join(model_dir, "ckpt-300")
+    assert metadata.labels == config.task.labels == DIGITS_PANOPTIC
+    assert metadata.post_processing == config.task.post_processing
+    assert metadata.model_config == saving.read_model_artifacts(model_dir).model_config
     assert metadata.default_input_size() == (64, 64)
-    save_config(config, str(tmp_path))
-    assert saved_model.config_from_flags(None, [], str(tmp_path)) == config
-    with pytest.raises(ValueError, match="--experiment"):
-        saved_model.config_from_flags(None, [], None)
+    # Export rebuilt the model with row chunking off, through its own config.
+    backbone = metadata.model_config["config"]["backbone"]["config"]
+    assert backbone["attention_chunk_elements"] is not None
+    rebuilt = saving.rebuild_model(metadata.model_config, saved_model.EXPORT_CONFIG)
+    assert rebuilt.backbone.attention_chunk_elements is None
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        saved_model.export_saved_model(str(tmp_path), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
