@@ -132,6 +132,8 @@ def rebuild_model(model_config: Dict[str, Any],
         replacements: config key -> value, applied at every depth first
             (`replace_config_values`).
     """
+    import axial_keras.models  # noqa: F401 (registers the model classes it deserializes)
+
     if replacements:
         model_config = replace_config_values(model_config, replacements)
     return keras.saving.deserialize_keras_object(model_config)

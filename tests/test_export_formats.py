@@ -318,6 +318,19 @@ def test_predict_writes_pictures_and_segments(exported, images, tmp_path):
             assert "center_score" not in segment and segment["instance"] == 0
 
 
+def test_export_cli_rebuilds_from_the_model_dir_in_a_fresh_process(exported, images,
+                                                                   reference, tmp_path):
+    """`python -m export.saved_model --checkpoint=MODEL_DIR` (the `make demo` command) needs
+    nothing but the model_dir: no experiment, no earlier import of the model classes."""
+    output = str(tmp_path / "saved_model" / "1")
+    process = subprocess.run(
+        [sys.executable, "-m", "export.saved_model", f"--checkpoint={exported[1]}",
+         f"--output_dir={output}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    outputs = load_exported(output)(images)
+    np.testing.assert_array_equal(outputs["panoptic"], reference["panoptic"])
+
+
 def test_segments_name_classes_and_score_things_only(exported):
     metadata = read_saved_model_metadata(exported[2])
     panoptic = np.array([[10 * 256, 10 * 256, 3 * 256 + 1],
