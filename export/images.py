@@ -12,7 +12,9 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
-PAD_PIXEL = 128  # The uint8 nearest to the model's mid-grey padding (127.5).
+from axial_keras.pixels import MID_GREY
+
+PAD_PIXEL = int(MID_GREY + 0.5)  # The uint8 nearest to the model's mid-grey padding.
 
 
 def read_image(path: str) -> np.ndarray:

@@ -187,4 +187,5 @@ def test_loss_and_post_processor_take_the_task_values():
     loss = PanopticDeepLabLoss(task.labels, **panoptic_loss_args(task))
     assert (loss.center_weight, loss.targets.sigma) == (task.center_weight, 3.0)
     post = PanopticPostProcessor(task.labels, task.post_processing)
-    assert (post.center_threshold, post.nms_kernel, post.keep_k_centers) == (0.5, 11, 16)
+    settings = post.settings
+    assert (settings.center_threshold, settings.nms_kernel, settings.keep_k_centers) == (0.5, 11, 16)

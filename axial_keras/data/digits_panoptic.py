@@ -60,7 +60,7 @@ the settings of the `digits_panoptic` experiment and of the `model.fit` demo."""
 
 SAND_CLASS_ID = 10
 WATER_CLASS_ID = 11
-VOID_ID = DIGITS_PANOPTIC.ignore_label * DIGITS_PANOPTIC.label_divisor
+VOID_ID = DIGITS_PANOPTIC.void_id
 SPLITS = ("train", "test")
 MIN_IMAGE_SIZE = 32
 MIN_VISIBLE_AREA = 10

@@ -133,14 +133,6 @@ class PanopticPostProcessor:
         self.labels = labels
         self.settings = settings
         self.unroll = bool(unroll)
-        self.thing_class_ids = labels.thing_class_ids
-        self.label_divisor = labels.label_divisor
-        self.ignore_label = labels.ignore_label
-        self.center_threshold = settings.center_threshold
-        self.nms_kernel = settings.nms_kernel
-        self.keep_k_centers = settings.keep_k_centers
-        self.stuff_area_limit = settings.stuff_area_limit
-        self.grouping_tile = settings.grouping_tile
 
     @classmethod
     def from_ids(cls, thing_class_ids: Sequence[int], label_divisor: int,
@@ -175,16 +167,16 @@ class PanopticPostProcessor:
         heat = ops.cast(center_heatmap, "float32")
         if len(heat.shape) == 4:
             heat = heat[..., 0]
-        pooled = _max_pool_2d(heat, self.nms_kernel)
-        peak = ops.logical_and(ops.equal(heat, pooled), heat > self.center_threshold)
+        pooled = _max_pool_2d(heat, self.settings.nms_kernel)
+        peak = ops.logical_and(ops.equal(heat, pooled), heat > self.settings.center_threshold)
         shape = ops.shape(heat)
         width = shape[2]
         scores = ops.reshape(ops.where(peak, heat, -_FAR), (shape[0], -1))
         # Pad so top-k works on images with fewer pixels than keep_k_centers.
         scores = ops.concatenate(
-            [scores, ops.full((shape[0], self.keep_k_centers), -_FAR, dtype="float32")], axis=1)
-        values, index = ops.top_k(scores, self.keep_k_centers, sorted=True)
-        valid = values > self.center_threshold
+            [scores, ops.full((shape[0], self.settings.keep_k_centers), -_FAR, dtype="float32")], axis=1)
+        values, index = ops.top_k(scores, self.settings.keep_k_centers, sorted=True)
+        valid = values > self.settings.center_threshold
         index = ops.cast(index, "int32")
         return values, index // width, index % width, valid
 
@@ -209,7 +201,7 @@ class PanopticPostProcessor:
             is_thing: bool [B, H, W]. Pixels to group.
             center_y, center_x: int32 [B, K]. Centres; valid: bool [B, K].
         """
-        tile = self.grouping_tile
+        tile = self.settings.grouping_tile
         shape = ops.shape(target_y)
         batch, height, width = shape[0], shape[1], shape[2]
         tiles_y = (height + tile - 1) // tile
@@ -244,7 +236,7 @@ class PanopticPostProcessor:
             ops.logical_and(valid[:, None, :], ops.any(used, axis=-1)[..., None]),
             lower <= bound * (1.0 + 1e-4) + 1e-3)
         # Candidates of each tile first, in increasing centre index.
-        k = self.keep_k_centers
+        k = self.settings.keep_k_centers
         index = ops.arange(k, dtype="int32")
         order = ops.where(candidate, k - index, 0)
         _, order = ops.top_k(order, k, sorted=True)
@@ -293,9 +285,9 @@ class PanopticPostProcessor:
         """
         logits = outputs["semantic_logits"]
         num_classes = logits.shape[-1]
-        if num_classes is not None and max(self.thing_class_ids, default=-1) >= num_classes:
+        if num_classes is not None and max(self.labels.thing_class_ids, default=-1) >= num_classes:
             raise ValueError(f"The logits have {num_classes} classes but thing class "
-                             f"{max(self.thing_class_ids)} is named by the labels.")
+                             f"{max(self.labels.thing_class_ids)} is named by the labels.")
         # First index of the largest logit. Top-1 is one pass over the logits, where
         # ops.argmax adds three more (it orders -0.0 below +0.0, which top-1 calls a tie).
         semantic = ops.cast(ops.top_k(logits, 1)[1][..., 0], "int32")
@@ -304,12 +296,12 @@ class PanopticPostProcessor:
         batch, height, width = shape[0], shape[1], shape[2]
 
         scores, center_y, center_x, valid = self.find_centers(outputs["center_heatmap"])
-        k = self.keep_k_centers
+        k = self.settings.keep_k_centers
         grid_y = ops.cast(ops.arange(height), "float32")[None, :, None]
         grid_x = ops.cast(ops.arange(width), "float32")[None, None, :]
         target_y = grid_y + offsets[..., 0]
         target_x = grid_x + offsets[..., 1]
-        is_thing = _is_in(semantic, self.thing_class_ids, num_classes)
+        is_thing = _is_in(semantic, self.labels.thing_class_ids, num_classes)
         nearest_index = self.nearest_center(target_y, target_x, is_thing, center_y, center_x,
                                             valid)
         any_center = ops.any(valid, axis=1)[:, None, None]
@@ -323,22 +315,22 @@ class PanopticPostProcessor:
                                  ops.reshape(segment, (-1,)), num_segments=batch * (k + 1) * num_classes)
         counts = ops.reshape(counts, (batch, k + 1, num_classes))
         thing_table = ops.convert_to_tensor(
-            [c in self.thing_class_ids for c in range(num_classes)], dtype="bool")
+            [c in self.labels.thing_class_ids for c in range(num_classes)], dtype="bool")
         # Majority thing class of every instance (ties to the lowest class).
         instance_class = ops.cast(ops.top_k(ops.where(thing_table, counts, -1.0), 1)[1][..., 0],
                                   "int32")  # [B, K + 1]
         # Stuff pixels all have instance 0, so counts[:, 0] holds every stuff class's area.
         big_stuff = ops.logical_and(ops.logical_not(thing_table),
-                                    counts[:, 0, :] >= float(self.stuff_area_limit))  # [B, C]
-        void = self.ignore_label * self.label_divisor
+                                    counts[:, 0, :] >= float(self.settings.stuff_area_limit))  # [B, C]
+        void = self.labels.void_id
         instance_ids = ops.arange(k + 1, dtype="int32")[None, :, None]
         class_ids = ops.arange(num_classes, dtype="int32")[None, None, :]
         table = ops.where(instance_ids > 0,
-                          instance_class[:, :, None] * self.label_divisor + instance_ids,
-                          ops.where(big_stuff[:, None, :], class_ids * self.label_divisor, void))
+                          instance_class[:, :, None] * self.labels.label_divisor + instance_ids,
+                          ops.where(big_stuff[:, None, :], class_ids * self.labels.label_divisor, void))
         panoptic = ops.take(ops.reshape(table, (-1,)), segment)
-        out_semantic = ops.where(ops.equal(panoptic, void), self.ignore_label,
-                                 panoptic // self.label_divisor)
+        out_semantic = ops.where(ops.equal(panoptic, void), self.labels.ignore_label,
+                                 panoptic // self.labels.label_divisor)
         score_table = ops.concatenate([ops.zeros((batch, 1), "float32"),
                                        ops.where(valid, scores, 0.0)], axis=1)
         instance_scores = ops.take(ops.reshape(score_table, (-1,)), image * (k + 1) + instance)
