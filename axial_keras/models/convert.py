@@ -531,9 +531,9 @@ def _check_overrides(name: str, read: Mapping[str, Any], overrides: Mapping[str,
 
 
 def _build(name: str, arch: Architecture, overrides: Mapping[str, Any]) -> keras.Model:
-    read = _overrides_for(name, arch)
+    read = dict(arch.heads, backbone=dict(arch.backbone)) if arch.panoptic else arch.backbone
     _check_overrides(name, read, overrides)
-    kwargs = dict(read)
+    kwargs = _overrides_for(name, arch)
     for key, value in overrides.items():
         if key == "backbone":
             kwargs["backbone"] = {**kwargs.get("backbone", {}), **value}

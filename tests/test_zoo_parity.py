@@ -1,0 +1,83 @@
+"""Converted deeplab2 zoo checkpoints reproduce deeplab2's own outputs
+(shared/fixtures/deeplab2_zoo/numeric): every encoder endpoint, decoder feature, raw and
+upsampled head within 1e-4 of the reference's scale, under TensorFlow and under JAX."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from axial_keras.models.convert import from_deeplab2
+from zoo_fixtures import (ENDPOINTS, FIXTURES, NUMERIC, TOLERANCE, numeric_path,
+                          relative_errors)
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(numeric_path("maxs_gelu_w0.25")),
+                                reason="deeplab2 zoo numeric fixtures not found")
+FIXTURE_B = os.path.join(FIXTURES, "deeplab2", "axial_deeplab_s")
+# Float arrays each fixture holds (encoder endpoints, decoder features, raw heads,
+# upsampled heads and probabilities); every one is compared.
+EXPECTED_OUTPUTS = {"maxs_gelu_w0.25": 11}
+
+
+@pytest.mark.parametrize("fixture", sorted(NUMERIC))
+def test_converted_checkpoint_reproduces_deeplab2(fixture):
+    expected_name, name = NUMERIC[fixture]
+    model = from_deeplab2(os.path.join(numeric_path(fixture), "checkpoint"), name)
+    assert model.name == expected_name
+    errors = relative_errors(model, numeric_path(fixture))
+    assert len(errors) == EXPECTED_OUTPUTS.get(fixture, 11 + 2 + 3 + 4)
+    assert {k: e for k, e in errors.items() if e > TOLERANCE} == {}
+    encoder = [e for k, e in errors.items() if k.split("/")[-1] in ENDPOINTS
+               and not k.startswith(("raw/", "decoder/"))]
+    assert len(encoder) == 11
+    assert max(encoder) <= 1e-5
+
+
+def test_gelu_is_decided_by_the_name():
+    checkpoint = os.path.join(numeric_path("maxs_gelu_w0.25"), "checkpoint")
+    with pytest.raises(ValueError, match="activation cannot be read from the checkpoint"):
+        from_deeplab2(checkpoint)
+    # The same weights in the ReLU model load (the keys are identical) but compute
+    # something else: res5 moves by a large fraction of its scale.
+    relu = from_deeplab2(checkpoint, "max_deeplab_s_backbone", output_stride=32)
+    assert relu.activation == "relu"
+    assert relative_errors(relu, numeric_path("maxs_gelu_w0.25"))["res5"] > 0.1
+
+
+_JAX_SCRIPT = """
+import json, sys
+import keras
+import axial_keras.models  # registers the layers
+from zoo_fixtures import relative_errors
+result = {}
+for path, fixture in json.loads(sys.argv[1]):
+    result[fixture] = relative_errors(keras.saving.load_model(path), fixture)
+print("RESULT" + json.dumps(result))
+"""
+
+
+def test_converted_models_reproduce_deeplab2_under_jax(tmp_path):
+    pytest.importorskip("jax")
+    jobs = []
+    for fixture in sorted(NUMERIC) + ["B"]:
+        folder = FIXTURE_B if fixture == "B" else numeric_path(fixture)
+        name = "axial_deeplab_s" if fixture == "B" else NUMERIC[fixture][1]
+        path = str(tmp_path / f"{fixture}.keras")
+        from_deeplab2(os.path.join(folder, "checkpoint"), name).save(path)
+        jobs.append((path, folder))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
+    run = subprocess.run([sys.executable, "-c", _JAX_SCRIPT, json.dumps(jobs)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = [l for l in run.stdout.splitlines() if l.startswith("RESULT")][-1]
+    result = json.loads(line[len("RESULT"):])
+    assert len(result) == 5
+    for folder, errors in result.items():
+        assert len(errors) >= 11, folder
+        assert {k: e for k, e in errors.items() if e > TOLERANCE} == {}, folder
+    print(json.dumps(result, indent=1))
