@@ -200,8 +200,21 @@ def read_shapes(prefix: str) -> Dict[str, Tuple[int, ...]]:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as error:
         raise ValueError(f"Cannot read the checkpoint {prefix}: {error}") from error
+    _check_data_size(prefix, reader)
     return {k[: -len(_SUFFIX)]: tuple(v) for k, v in reader.get_variable_to_shape_map().items()
             if k.endswith(_SUFFIX) and not _NON_MODEL.search(k)}
+
+
+def _check_data_size(prefix: str, reader) -> None:
+    """Refuses data shards smaller than the tensors their index lists (a cut download)."""
+    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    needed = sum(int(np.prod(shapes[k])) * dtypes[k].size for k in shapes
+                 if dtypes[k] != tf.string)
+    shards = sorted(glob.glob(glob.escape(prefix) + ".data-*"))
+    held = sum(os.path.getsize(s) for s in shards)
+    if held < needed:
+        raise ValueError(f"{', '.join(shards) or prefix + '.data-*'}: the checkpoint data is "
+                         f"truncated ({held} bytes; its index lists {needed} bytes of tensors).")
 
 
 def _compare(mapping: Mapping[str, keras.Variable], shapes: Mapping[str, Tuple[int, ...]]):
