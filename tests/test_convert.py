@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from axial_keras.models import get_model
-from axial_keras.models.registry import get_spec
 from axial_keras.models.convert import (checkpoint_prefix, from_deeplab2,
                                         load_deeplab2_weights, weight_keys)
 from zoo_fixtures import ENDPOINTS, FIXTURES, TOLERANCE, numeric_path, relative_errors
@@ -60,9 +59,8 @@ def test_mismatched_overrides_are_refused_and_nothing_is_assigned():
         from_deeplab2(os.path.join(SWIDERNET, "checkpoint"), num_classes=21)
     with pytest.raises(ValueError, match=r"backbone.width_multiplier=0.25 does not fit .*=0.125"):
         from_deeplab2(os.path.join(SWIDERNET, "checkpoint"), backbone={"width_multiplier": 0.25})
-    backbone = dict(get_spec("axial_swidernet_1_1_1_os16").kwargs["backbone"],
-                    width_multiplier=0.125, stem_width_multiplier=0.125)
-    model = get_model("axial_swidernet_1_1_1_os16", num_classes=21, backbone=backbone)
+    model = get_model("axial_swidernet_1_1_1_os16", num_classes=21,
+                      backbone={"width_multiplier": 0.125, "stem_width_multiplier": 0.125})
     before = [np.array(w) for w in model.weights]
     with pytest.raises(ValueError, match=r"2 shape mismatches.*\(21,\) vs semantic_last_layer/bias \[19\]"):
         load_deeplab2_weights(model, os.path.join(SWIDERNET, "checkpoint"))

@@ -13,8 +13,9 @@ import pytest
 import keras
 
 from axial_keras.models import get_model
-from axial_keras.models.convert import (read_architecture, recognise, weight_keys)
-from axial_keras.models.registry import get_spec
+from axial_keras.models.convert import read_architecture, recognise, weight_keys
+from axial_keras.labels import CITYSCAPES
+from axial_keras.models.registry import PostProcessing, get_config
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                      "shared", "fixtures", "deeplab2_zoo", "structure"))
@@ -82,7 +83,10 @@ def test_cityscapes_model_and_its_imagenet_encoder_match_deeplab2(backbone):
     assert _trainable(model) == summary["trainable_params"]
     # The registry's backbone variant is the panoptic model's backbone, as data; the
     # ImageNet record is its encoder.
-    assert dict(get_spec(backbone).kwargs) == dict(get_spec(name).kwargs["backbone"])
+    assert get_config(backbone) == get_config(name).backbone
+    assert get_config(name).postprocessing == PostProcessing(
+        center_threshold=0.1, nms_kernel=13, keep_k_centers=400, stuff_area_limit=2048)
+    assert model.labels == CITYSCAPES
     _assert_same_structure(model.backbone, encoder_shapes, "encoder/")
     assert _trainable(model.backbone) == encoder_summary["trainable_params"]
     assert len(model.backbone.weights) == encoder_summary["variables"]

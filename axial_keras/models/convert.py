@@ -21,7 +21,6 @@ CLI:
 
 import dataclasses
 import glob
-import inspect
 import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -32,11 +31,10 @@ from absl import app, flags, logging
 
 import keras
 
+from axial_keras.labels import CITYSCAPES, PanopticLabels
 from axial_keras.layers.blocks import AxialBottleneck, BasicBlock, ConvBottleneck
-from axial_keras.models.axial_deeplab import AxialDeepLab
-from axial_keras.models.axial_resnet import AxialResNet
 from axial_keras.models.layout import encoder_plan
-from axial_keras.models.registry import get_model, get_spec, list_models
+from axial_keras.models.registry import AxialDeepLabConfig, get_config, get_model, list_models
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # Checkpoint entries that hold training state rather than model weights.
@@ -123,7 +121,7 @@ def deeplab2_key(path: str, backbone: keras.Model) -> str:
 
     Args:
         path: str. `weight.path` of one of the model's weights.
-        backbone: the model's `AxialResNet` (block types decide the names).
+        backbone: the model's `AxialResNetBackbone` (block types decide the names).
     """
     parts = path.split("/")
     if parts[0] in ("semantic_decoder", "instance_decoder") or parts[0] in _HEADS:
@@ -150,8 +148,8 @@ def deeplab2_key(path: str, backbone: keras.Model) -> str:
     return "/".join(["encoder"] + out)
 
 
-def _backbone_of(model: keras.Model) -> AxialResNet:
-    return model.backbone if isinstance(model, AxialDeepLab) else model
+def _backbone_of(model: keras.Model) -> keras.Model:
+    return getattr(model, "backbone", model)
 
 
 def weight_keys(model: keras.Model) -> Dict[str, keras.Variable]:
@@ -229,7 +227,7 @@ def _compare(mapping: Mapping[str, keras.Variable], shapes: Mapping[str, Tuple[i
 
 
 def load_deeplab2_weights(model: keras.Model, checkpoint: str) -> None:
-    """Assigns every weight of `model` (`AxialResNet` or `AxialDeepLab`) from a checkpoint.
+    """Assigns every weight of `model` (a backbone or `AxialDeepLab`) from a checkpoint.
 
     Everything is checked first; then tensors are read and assigned one at a time.
 
@@ -263,7 +261,7 @@ class Architecture:
 
     Attributes:
         family: dict. Fields that tell architectures apart (`_FAMILY_FIELDS`).
-        backbone: dict. `AxialResNet` arguments read from the shapes (widths, depths,
+        backbone: dict. `AxialResNetBackbone` arguments read from the shapes (widths, depths,
             expansions, heads, output stride where the keys fix it).
         heads: dict. `AxialDeepLab` arguments (empty for a backbone checkpoint).
         keys: the checkpoint's model tensor keys.
@@ -431,18 +429,13 @@ def _read_heads(shapes) -> Dict[str, Any]:
 
 
 def _spec_arguments(name: str) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
-    """(backbone arguments with AxialResNet defaults, head arguments, panoptic) of a variant."""
-    spec = get_spec(name)
-    defaults = {k: p.default for k, p in inspect.signature(AxialResNet).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    if spec.builder is AxialDeepLab:
-        head_defaults = {k: p.default for k, p in inspect.signature(AxialDeepLab).parameters.items()
-                         if p.default is not inspect.Parameter.empty}
-        heads = {**head_defaults, **{k: v for k, v in spec.kwargs.items() if k != "backbone"}}
-        backbone = {**defaults, "stem": "inception", **spec.kwargs.get("backbone", {}),
-                    "output_stride": 16}
-        return backbone, heads, True
-    return {**defaults, **spec.kwargs}, {}, False
+    """(backbone config fields, head config fields, panoptic) of a registry variant."""
+    config = get_config(name)
+    if isinstance(config, AxialDeepLabConfig):
+        heads = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                 if f.name not in ("backbone", "postprocessing")}
+        return dataclasses.asdict(config.backbone), dict(heads, num_classes=CITYSCAPES.num_classes), True
+    return dataclasses.asdict(config), {}, False
 
 
 def _family_of(name: str) -> Dict[str, Any]:
@@ -522,8 +515,15 @@ def _overrides_for(name: str, arch: Architecture) -> Dict[str, Any]:
         backbone["output_stride"] = backbone_spec["output_stride"]
     if panoptic:
         backbone.pop("output_stride", None)
-        spec_backbone = dict(get_spec(name).kwargs.get("backbone", {}))
-        return dict(arch.heads, backbone={**spec_backbone, **backbone})
+        heads = dict(arch.heads)
+        classes = heads.pop("num_classes")
+        if classes != CITYSCAPES.num_classes:
+            # The checkpoint holds the class count, not the classes: all stuff unless the
+            # caller passes `labels` (or `num_classes` and `thing_class_ids`).
+            logging.warning("%s: %d classes (not Cityscapes'); pass labels= to name them and "
+                            "mark the things.", name, classes)
+            heads["labels"] = PanopticLabels.from_ids(classes)
+        return dict(heads, backbone=backbone)
     return backbone
 
 
@@ -545,8 +545,15 @@ def _check_overrides(name: str, read: Mapping[str, Any], overrides: Mapping[str,
 
 def _build(name: str, arch: Architecture, overrides: Mapping[str, Any]) -> keras.Model:
     read = dict(arch.heads, backbone=dict(arch.backbone)) if arch.panoptic else arch.backbone
+    overrides = dict(overrides)
+    if "labels" in overrides:
+        overrides["num_classes"] = overrides["labels"].num_classes
     _check_overrides(name, read, overrides)
     kwargs = _overrides_for(name, arch)
+    if "labels" in overrides or "num_classes" in overrides:
+        kwargs.pop("labels", None)
+    if "labels" in overrides:
+        overrides.pop("num_classes")
     for key, value in overrides.items():
         if key == "backbone":
             kwargs["backbone"] = {**kwargs.get("backbone", {}), **value}
