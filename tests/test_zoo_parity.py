@@ -90,3 +90,20 @@ def test_converted_models_reproduce_deeplab2_under_jax(tmp_path):
         assert len(errors) >= 11, folder
         assert {k: e for k, e in errors.items() if e > TOLERANCE} == {}, folder
     print(json.dumps(result, indent=1))
+
+
+def test_a_local_span_can_be_set_on_a_converted_model():
+    checkpoint = os.path.join(numeric_path("axial_swidernet_1_1_1_w0.125"), "checkpoint")
+    x = np.load(os.path.join(numeric_path("axial_swidernet_1_1_1_w0.125"), "input.npy"))
+    ref = np.load(os.path.join(numeric_path("axial_swidernet_1_1_1_w0.125"), "outputs.npz"))
+    # The paper's m = 65 covers every axis of this input (7 x 9 at stride 16): the same
+    # numbers as deeplab2's global attention.
+    wide = from_deeplab2(checkpoint, spans=(None, 65, 65, 65, 65))
+    assert wide.backbone.spans == (None, 65, 65, 65, 65)
+    logits = np.asarray(wide(x)["semantic_logits"])
+    assert np.abs(logits - ref["semantic_logits"]).max() <= TOLERANCE * np.abs(
+        ref["semantic_logits"]).max()
+    # A 3-wide window does not: attention then sees only neighbours.
+    narrow = from_deeplab2(checkpoint, spans=(None, None, None, 3, 3))
+    moved = np.abs(np.asarray(narrow(x)["semantic_logits"]) - ref["semantic_logits"]).max()
+    assert moved > 100 * TOLERANCE * np.abs(ref["semantic_logits"]).max()
