@@ -119,3 +119,17 @@ def test_the_checkpoint_is_found_in_any_folder_layout(tmp_path):
     os.remove(nested / "checkpoint")
     assert checkpoint_prefix(str(tmp_path / "archive")) == str(nested / "ckpt-0")
     assert checkpoint_prefix(str(nested / "ckpt-0.index")) == str(nested / "ckpt-0")
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("full_axial_resnet_s", dict(width_multiplier=0.125, num_heads=4)),
+    ("axial_resnet_tiny", {}),
+    ("axial_deeplab_tiny", {}),
+])
+def test_families_without_a_fixture_are_recognised_from_their_keys(tmp_path, name, overrides):
+    model = get_model(name, **overrides)
+    tensors = {k + SUFFIX: np.array(w) for k, w in weight_keys(model).items()}
+    loaded = from_deeplab2(_write_checkpoint(str(tmp_path / "ckpt-0"), tensors))
+    assert loaded.name == name
+    assert all(np.array_equal(np.array(a), np.array(b))
+               for a, b in zip(model.weights, loaded.weights))

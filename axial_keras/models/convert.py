@@ -344,6 +344,8 @@ def read_architecture(shapes: Mapping[str, Tuple[int, ...]]) -> Architecture:
         raise ValueError("Not a deeplab2 Axial-ResNet checkpoint: no encoder/_stem and no "
                          "axial stage 1.")
     kinds = _block_kinds(shapes)
+    if stem == "axial":  # the full-axial stem's blocks are deeplab2's stage 1
+        kinds = {index: kind for index, kind in kinds.items() if index[0] != 1}
     counts = tuple(max((b for s, b in kinds if s == stage), default=0) for stage in (2, 3, 4, 5))
     if min(counts) == 0:
         raise ValueError(f"Not a deeplab2 Axial-ResNet checkpoint: residual stages 2-5 hold "
