@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from axial_keras.models import from_preset, list_presets
-from axial_keras.models import presets as presets_module
 from axial_keras.models.presets import PRESETS, Preset, save_to_preset
 from axial_keras.models.registry import list_models
 from zoo_fixtures import FIXTURES, TOLERANCE, numeric_path, relative_errors

@@ -153,7 +153,11 @@ def _backbone_of(model: keras.Model) -> keras.Model:
 
 
 def weight_keys(model: keras.Model) -> Dict[str, keras.Variable]:
-    """deeplab2 checkpoint key -> our weight, for every weight of `model`."""
+    """deeplab2 checkpoint key -> our weight, for every weight of `model`.
+
+    Args:
+        model: keras.Model. A backbone or `AxialDeepLab` of this package.
+    """
     backbone = _backbone_of(model)
     mapping = {}
     for weight in model.weights:
@@ -173,6 +177,9 @@ def checkpoint_prefix(path: str) -> str:
 
     A directory is searched for its `checkpoint` state file, else for exactly one
     `*.index` file anywhere below it (deeplab2's archives use various folder names).
+
+    Args:
+        path: str. A checkpoint prefix, its `.index` file or a directory.
     """
     if path.endswith(".index") and os.path.isfile(path):
         return path[: -len(".index")]
@@ -193,7 +200,11 @@ def checkpoint_prefix(path: str) -> str:
 
 
 def read_shapes(prefix: str) -> Dict[str, Tuple[int, ...]]:
-    """Model tensors of a checkpoint: key (without the suffix) -> shape."""
+    """Model tensors of a checkpoint: key (without the suffix) -> shape.
+
+    Args:
+        prefix: str. Checkpoint prefix; its data shards must hold every tensor.
+    """
     try:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as error:
@@ -230,6 +241,10 @@ def load_deeplab2_weights(model: keras.Model, checkpoint: str) -> None:
     """Assigns every weight of `model` (a backbone or `AxialDeepLab`) from a checkpoint.
 
     Everything is checked first; then tensors are read and assigned one at a time.
+
+    Args:
+        model: keras.Model. The model to fill.
+        checkpoint: str. Checkpoint prefix, `.index` file or directory.
 
     Raises:
         ValueError: naming model weights with no checkpoint tensor, shape mismatches,
@@ -318,6 +333,9 @@ def _layer_multiplier(counts: Tuple[int, ...], base: Tuple[int, ...]):
 
 def read_architecture(shapes: Mapping[str, Tuple[int, ...]]) -> Architecture:
     """Reads family, widths, depths, expansions and head sizes from checkpoint shapes.
+
+    Args:
+        shapes: dict. Checkpoint key (without the suffix) -> shape (`read_shapes`).
 
     Raises:
         ValueError: when the keys are not those of a deeplab2 Axial-ResNet (naming what
@@ -470,6 +488,10 @@ def _closeness(arch: Architecture, name: str) -> float:
 
 def recognise(arch: Architecture, name: Optional[str] = None) -> str:
     """The registry variant a checkpoint's architecture is, or `name` if it fits its family.
+
+    Args:
+        arch: Architecture. What `read_architecture` read.
+        name: str or None. A registry name that fixes the family.
 
     Raises:
         ValueError: for a name of another family, a checkpoint matching no variant

@@ -112,7 +112,12 @@ def _group(name: str, filters: int, num_blocks: int, stage_stride: int, input_st
 
 
 def scale_blocks(num_blocks: Sequence[int], layer_multiplier: float) -> Tuple[int, ...]:
-    """deeplab2's layer multiplier: `int(n * multiplier)` blocks (truncated) per stage."""
+    """deeplab2's layer multiplier: `int(n * multiplier)` blocks (truncated) per stage.
+
+    Args:
+        num_blocks: ints. Blocks per stage at multiplier 1.
+        layer_multiplier: float. SWideRNet's depth multiplier.
+    """
     scaled = tuple(int(n * layer_multiplier) for n in num_blocks)
     if any(n < 1 for n in scaled):
         raise ValueError(f"layer_multiplier={layer_multiplier} leaves a stage of {num_blocks} "

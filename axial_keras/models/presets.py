@@ -189,7 +189,12 @@ def from_preset(name_or_path: str, name: Optional[str] = None, cache_dir: Option
 
 
 def save_to_preset(model: keras.Model, preset_dir: str) -> None:
-    """Writes `model` as a preset folder (`config.json` + `model.weights.h5`) for `from_preset`."""
+    """Writes `model` as a preset folder (`config.json` + `model.weights.h5`) for `from_preset`.
+
+    Args:
+        model: keras.Model. Any registered (serializable) model of this package.
+        preset_dir: str. Folder to write (created if missing).
+    """
     os.makedirs(preset_dir, exist_ok=True)
     with open(os.path.join(preset_dir, _CONFIG_FILE), "w") as f:
         json.dump(keras.saving.serialize_keras_object(model), f)
