@@ -62,7 +62,8 @@ def test_mismatched_overrides_are_refused_and_nothing_is_assigned():
     model = get_model("axial_swidernet_1_1_1_os16", num_classes=21,
                       backbone={"width_multiplier": 0.125, "stem_width_multiplier": 0.125})
     before = [np.array(w) for w in model.weights]
-    with pytest.raises(ValueError, match=r"2 shape mismatches.*\(21,\) vs semantic_last_layer/bias \[19\]"):
+    with pytest.raises(ValueError,
+                       match=r"2 shape mismatches.*\(21,\) vs semantic_last_layer/bias \[19\]"):
         load_deeplab2_weights(model, os.path.join(SWIDERNET, "checkpoint"))
     assert all(np.array_equal(a, np.array(w)) for a, w in zip(before, model.weights))
 
@@ -109,7 +110,8 @@ def test_foreign_and_truncated_checkpoints_are_named(tmp_path):
     data = copy / "ckpt-0.data-00000-of-00001"
     with open(data, "r+b") as f:
         f.truncate(os.path.getsize(data) // 2)
-    with pytest.raises(ValueError, match=r"truncated/ckpt-0.data-00000-of-00001: the checkpoint data is truncated"):
+    with pytest.raises(ValueError, match=r"truncated/ckpt-0.data-00000-of-00001: the checkpoint "
+                                         r"data is truncated"):
         from_deeplab2(str(copy))
 
 

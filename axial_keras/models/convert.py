@@ -454,7 +454,8 @@ def _spec_arguments(name: str) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
     if isinstance(config, AxialDeepLabConfig):
         heads = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                  if f.name not in ("backbone", "postprocessing")}
-        return dataclasses.asdict(config.backbone), dict(heads, num_classes=CITYSCAPES.num_classes), True
+        heads["num_classes"] = CITYSCAPES.num_classes
+        return dataclasses.asdict(config.backbone), heads, True
     return dataclasses.asdict(config), {}, False
 
 

@@ -102,8 +102,9 @@ def _group(name: str, filters: int, num_blocks: int, stage_stride: int, input_st
         blocks.append(BlockPlan(
             name=f"{name}_block{index + 1}", kind=kind, filters=filters, strides=strides,
             dilation_rate=dilation, second_dilation_rate=second,
-            drop_path_rate=drop_path_rate_at(options["drop_path_rate"], options["drop_path_schedule"],
-                                      current, options["drop_path_beyond_stride"]),
+            drop_path_rate=drop_path_rate_at(
+                options["drop_path_rate"], options["drop_path_schedule"], current,
+                options["drop_path_beyond_stride"]),
             stage_stride=current))
         if index == 0:
             actual_stride *= strides
@@ -151,8 +152,9 @@ def encoder_plan(stem: str, width_multiplier: float, stem_width_multiplier: floa
         stages.append((1, blocks))
     for stage, (count, input_stride) in enumerate(
             zip(scale_blocks(num_blocks, layer_multiplier), (2, 4, 8, 16))):
-        blocks, actual = _group(f"stage{stage + 2}", int(round(32 * input_stride * width_multiplier)),
-                                count, 2, input_stride, actual, output_stride, options)
+        filters = int(round(32 * input_stride * width_multiplier))
+        blocks, actual = _group(f"stage{stage + 2}", filters, count, 2, input_stride, actual,
+                                output_stride, options)
         stages.append((stage + 2, blocks))
     return stages
 
