@@ -27,14 +27,15 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 import keras
 
+from axial_keras import cli
 from axial_keras.labels import CITYSCAPES, PanopticLabels
 from axial_keras.layers.blocks import AxialBottleneck, BasicBlock, ConvBottleneck
 from axial_keras.models.layout import encoder_plan
-from axial_keras.models.registry import AxialDeepLabConfig, get_config, get_model, list_models
+from axial_keras.models.registry import AxialDeepLabConfig, get_model, get_variant, list_models
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # Checkpoint entries that hold training state rather than model weights.
@@ -450,7 +451,7 @@ def _read_heads(shapes) -> Dict[str, Any]:
 
 def _spec_arguments(name: str) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
     """(backbone config fields, head config fields, panoptic) of a registry variant."""
-    config = get_config(name)
+    config = get_variant(name)
     if isinstance(config, AxialDeepLabConfig):
         heads = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                  if f.name not in ("backbone", "postprocessing")}
@@ -632,6 +633,7 @@ def define_flags():
     flags.DEFINE_string("model", None, "Registry name (optional: read from the checkpoint).")
     flags.DEFINE_string("output", None, "Where to write the converted .keras file.")
     flags.DEFINE_integer("output_stride", None, "Override a backbone's output stride.")
+    flags.mark_flags_as_required(["deeplab2_checkpoint", "output"])
 
 
 def main(argv) -> Optional[int]:
@@ -646,6 +648,4 @@ def main(argv) -> Optional[int]:
 
 
 if __name__ == "__main__":
-    define_flags()
-    flags.mark_flags_as_required(["deeplab2_checkpoint", "output"])
-    app.run(main)
+    cli.run(main, define_flags, __doc__)
