@@ -164,11 +164,13 @@ class _Bottleneck(keras.layers.Layer):
     """Shared residual plumbing: projection shortcut, drop path, add, activation."""
 
     def __init__(self, filters: int, strides: int = 1, drop_path_rate: float = 0.0,
-                 activate_output: bool = True, kernel_regularizer=None,
-                 momentum: float = 0.99, epsilon: float = 1e-3, synchronized: bool = False,
-                 **kwargs):
+                 activate_output: bool = True, activation: str = "relu",
+                 kernel_regularizer=None, momentum: float = 0.99, epsilon: float = 1e-3,
+                 synchronized: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters = _check_filters("filters", filters)
+        self.activation = activation
+        self.act = keras.activations.get(activation)
         if strides not in (1, 2):
             raise ValueError(f"`strides` must be 1 or 2, got {strides!r}.")
         self.strides = strides
@@ -209,7 +211,7 @@ class _Bottleneck(keras.layers.Layer):
         else:
             shortcut = inputs
         x = self.drop_path(x, training=training) + shortcut
-        return ops.relu(x) if self.activate_output else x
+        return self.act(x) if self.activate_output else x
 
     def call(self, inputs, training=None):
         x = inputs
@@ -237,6 +239,7 @@ class _Bottleneck(keras.layers.Layer):
         config.update({
             "filters": self.filters, "strides": self.strides,
             "drop_path_rate": self.drop_path_rate, "activate_output": self.activate_output,
+            "activation": self.activation,
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "momentum": self.momentum, "epsilon": self.epsilon,
             "synchronized": self.synchronized,
@@ -249,9 +252,10 @@ class AxialBottleneck(_Bottleneck):
     """Axial-attention bottleneck block (PAPER.md section 2, Fig. 2).
 
     1x1 conv (`bottleneck_expansion * filters`) -> height-axis attention -> optional
-    height stride -> width-axis attention -> optional width stride -> ReLU -> 1x1 conv
-    (`4 * filters`, batch-norm gamma initialized to 0) -> drop path -> + shortcut (1x1
-    strided projection when the shape changes) -> ReLU. Attention uses `num_heads`
+    height stride -> width-axis attention -> optional width stride -> activation -> 1x1
+    conv (`4 * filters`, batch-norm gamma initialized to 0) -> drop path -> + shortcut
+    (1x1 strided projection when the shape changes) -> activation (ReLU; deeplab2's
+    Axial-ResNet-50 uses the exact erf GeLU, `activation="gelu"`). Attention uses `num_heads`
     heads with `key_expansion * filters` query/key and `value_expansion * filters`
     value channels in total.
 
@@ -264,8 +268,10 @@ class AxialBottleneck(_Bottleneck):
         value_expansion: float. Value channels = value_expansion * filters.
         bottleneck_expansion: float. Channels of the first 1x1 conv per filter.
         drop_path_rate: float. Stochastic-depth rate of the residual branch.
-        activate_output: bool. Apply the final ReLU (models that also need the
+        activate_output: bool. Apply the final activation (models that also need the
             pre-activation sum set False and apply it themselves).
+        activation: str. Keras activation of the block ("relu"; "gelu" is the exact
+            erf form, as `keras.activations.get("gelu")` gives it).
         max_span: int. Relative-position table reach (see `AxialAttention`).
         attention_chunk_elements: None or int. `AxialAttention`'s `chunk_elements`
             (None: all rows at once, no loop).
@@ -295,14 +301,15 @@ class AxialBottleneck(_Bottleneck):
         self.key_expansion, self.value_expansion = key_expansion, value_expansion
         self.bottleneck_expansion = bottleneck_expansion
         self.conv1 = ConvNormAct(int(round(filters * bottleneck_expansion)), 1,
-                                 activation="relu", name="conv1", **self.norm_args)
+                                 activation=self.activation, name="conv1", **self.norm_args)
         self.attention = AxialAttention2D(
             num_heads=num_heads, key_dim=key_total // num_heads,
             value_dim=value_total // num_heads, span=span, strides=strides,
             max_span=max_span, momentum=self.momentum, epsilon=self.epsilon,
             synchronized=self.synchronized, kernel_regularizer=self.kernel_regularizer,
             chunk_elements=attention_chunk_elements, name="attention", dtype=self.dtype_policy)
-        self.attention_act = keras.layers.Activation("relu", name="attention_relu",
+        self.attention_act = keras.layers.Activation(self.activation,
+                                                     name="attention_activation",
                                                      dtype=self.dtype_policy)
         self.conv3 = ConvNormAct(self.output_channels, 1, gamma_initializer="zeros",
                                  name="conv3", **self.norm_args)
@@ -329,8 +336,8 @@ class ConvBottleneck(_Bottleneck):
         filters: int. Base width; the block outputs `4 * filters` channels.
         strides: int. Stride of the 3x3 convolution (1 or 2).
         dilation_rate: int. Atrous rate of the 3x3 convolution.
-        drop_path_rate, activate_output, kernel_regularizer, momentum, epsilon,
-        synchronized: as in `AxialBottleneck`.
+        drop_path_rate, activate_output, activation, kernel_regularizer, momentum,
+        epsilon, synchronized: as in `AxialBottleneck`.
         **kwargs: base `Layer` arguments.
 
     Example:
@@ -341,9 +348,10 @@ class ConvBottleneck(_Bottleneck):
     def __init__(self, filters: int, strides: int = 1, dilation_rate: int = 1, **kwargs):
         super().__init__(filters, strides, **kwargs)
         self.dilation_rate = dilation_rate
-        self.conv1 = ConvNormAct(filters, 1, activation="relu", name="conv1", **self.norm_args)
+        self.conv1 = ConvNormAct(filters, 1, activation=self.activation, name="conv1",
+                                 **self.norm_args)
         self.conv2 = ConvNormAct(filters, 3, strides=strides, dilation_rate=dilation_rate,
-                                 activation="relu", name="conv2", **self.norm_args)
+                                 activation=self.activation, name="conv2", **self.norm_args)
         self.conv3 = ConvNormAct(self.output_channels, 1, gamma_initializer="zeros",
                                  name="conv3", **self.norm_args)
 
@@ -356,15 +364,64 @@ class ConvBottleneck(_Bottleneck):
         return config
 
 
-class _Stem(keras.layers.Layer):
-    """A sequence of sub-layers with an optional final ReLU."""
+@keras.saving.register_keras_serializable(package="axial_keras")
+class BasicBlock(_Bottleneck):
+    """Wide-ResNet basic block: two 3x3 convolutions (SWideRNet, MaX-DeepLab-L).
 
-    def __init__(self, filters: int, activate_output: bool = True, kernel_regularizer=None,
-                 momentum: float = 0.99, epsilon: float = 1e-3, synchronized: bool = False,
-                 **kwargs):
+    3x3 conv (`4 * filters`, strided / atrous) + BN + activation -> 3x3 conv
+    (`4 * filters`, batch-norm gamma initialized to 0) -> drop path -> + shortcut (1x1
+    strided projection when the channels change) -> optional activation. The
+    `4 * filters` width keeps deeplab2's convention: a stage's base width `f` gives
+    `[4f, 4f]` basic blocks where bottlenecks are `[f, f, 4f]`.
+
+    Args:
+        filters: int. Base width; both convolutions output `4 * filters` channels.
+        strides: int. Stride of the first convolution (1 or 2).
+        dilation_rate: int. Atrous rate of the first convolution.
+        second_dilation_rate: int or None. Atrous rate of the second convolution
+            (None: `dilation_rate`).
+        drop_path_rate, activate_output, activation, kernel_regularizer, momentum,
+        epsilon, synchronized: as in `AxialBottleneck`.
+        **kwargs: base `Layer` arguments.
+
+    Example:
+    >>> BasicBlock(filters=4, strides=2)(keras.random.normal((1, 9, 9, 8))).shape
+    (1, 5, 5, 16)
+    """
+
+    def __init__(self, filters: int, strides: int = 1, dilation_rate: int = 1,
+                 second_dilation_rate: Optional[int] = None, **kwargs):
+        super().__init__(filters, strides, **kwargs)
+        self.dilation_rate = dilation_rate
+        self.second_dilation_rate = (dilation_rate if second_dilation_rate is None
+                                     else second_dilation_rate)
+        self.conv1 = ConvNormAct(self.output_channels, 3, strides=strides,
+                                 dilation_rate=dilation_rate, activation=self.activation,
+                                 name="conv1", **self.norm_args)
+        self.conv2 = ConvNormAct(self.output_channels, 3, dilation_rate=self.second_dilation_rate,
+                                 gamma_initializer="zeros", name="conv2", **self.norm_args)
+
+    def _branch_layers(self):
+        return (self.conv1, self.conv2)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dilation_rate": self.dilation_rate,
+                       "second_dilation_rate": self.second_dilation_rate})
+        return config
+
+
+class _Stem(keras.layers.Layer):
+    """A sequence of sub-layers with an optional final activation."""
+
+    def __init__(self, filters: int, activate_output: bool = True, activation: str = "relu",
+                 kernel_regularizer=None, momentum: float = 0.99, epsilon: float = 1e-3,
+                 synchronized: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters = _check_filters("filters", filters)
         self.activate_output = activate_output
+        self.activation = activation
+        self.act = keras.activations.get(activation)
         self.norm_args = dict(kernel_regularizer=keras.regularizers.get(kernel_regularizer),
                               momentum=momentum, epsilon=epsilon, synchronized=synchronized)
 
@@ -379,7 +436,7 @@ class _Stem(keras.layers.Layer):
         x = inputs
         for layer in self.sublayers:
             x = layer(x, training=training)
-        return ops.relu(x) if self.activate_output else x
+        return self.act(x) if self.activate_output else x
 
     def compute_output_shape(self, input_shape):
         for layer in self.sublayers:
@@ -397,7 +454,7 @@ class _Stem(keras.layers.Layer):
         config = super().get_config()
         config.update({
             "filters": self.filters, "activate_output": self.activate_output,
-            **self.norm_args,
+            "activation": self.activation, **self.norm_args,
             "kernel_regularizer": keras.regularizers.serialize(self.norm_args["kernel_regularizer"]),
         })
         return config
@@ -405,25 +462,30 @@ class _Stem(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="axial_keras")
 class ConvStem(_Stem):
-    """ResNet stem: a 7x7 stride-2 convolution with batch norm (and ReLU).
+    """ResNet stem: a 7x7 stride-2 convolution with batch norm (and activation).
 
     By default, as in the official implementation (and its checkpoints), the stem's
     3x3 max-pool is replaced by the stride of the first residual block that follows,
     so the stem outputs stride 2. `pool=True` keeps ResNet's 3x3 stride-2 max-pool as
     the paper describes it (stride 4 out; the output is then always activated).
+    `kernel_size=3` is the SWideRNet / MaX-DeepLab-L stem (deeplab2's `wider_resnet`:
+    a 3x3 stride-2 convolution and batch norm, not activated).
 
     Args:
         filters: int. Output channels (64 in ResNet-50).
+        kernel_size: int. Square kernel of the stride-2 convolution (7; 3 for SWideRNet).
         pool: bool. Keep the 3x3 stride-2 max-pool.
-        activate_output: bool. Apply the ReLU.
-        **kwargs: `ConvNormAct` batch-norm options and base `Layer` arguments.
+        activate_output: bool. Apply the activation.
+        **kwargs: `activation`, `ConvNormAct` batch-norm options and base `Layer`
+            arguments.
     """
 
-    def __init__(self, filters: int = 64, pool: bool = False, **kwargs):
+    def __init__(self, filters: int = 64, kernel_size: int = 7, pool: bool = False, **kwargs):
         super().__init__(filters, **kwargs)
         self.pool = pool
-        self.conv = ConvNormAct(filters, 7, strides=2, name="conv", dtype=self.dtype_policy,
-                                **self.norm_args)
+        self.kernel_size = _check_filters("kernel_size", kernel_size)
+        self.conv = ConvNormAct(filters, kernel_size, strides=2, name="conv",
+                                dtype=self.dtype_policy, **self.norm_args)
         self.sublayers = (self.conv,)
         if pool:
             self.sublayers += (keras.layers.MaxPooling2D(3, strides=2, padding="same",
@@ -432,35 +494,37 @@ class ConvStem(_Stem):
     def call(self, inputs, training=None):
         x = self.conv(inputs, training=training)
         if self.pool:
-            # The ReLU commutes with max-pooling; apply it before, as ResNet does.
-            x = self.sublayers[1](ops.relu(x))
-            return x
-        return ops.relu(x) if self.activate_output else x
+            # A monotone activation commutes with max-pooling; apply it before, as
+            # ResNet does.
+            return self.sublayers[1](self.act(x))
+        return self.act(x) if self.activate_output else x
 
     def get_config(self):
         config = super().get_config()
-        config.update({"pool": self.pool})
+        config.update({"kernel_size": self.kernel_size, "pool": self.pool})
         return config
 
 
 @keras.saving.register_keras_serializable(package="axial_keras")
 class InceptionStem(_Stem):
-    """Inception stem: 3x3 stride-2 conv, 3x3 conv (ReLU after each), 3x3 conv + BN.
+    """Inception stem: 3x3 stride-2 conv, 3x3 conv (activation after each), 3x3 conv + BN.
 
     The stem of the official Axial-DeepLab backbones ("resnet_beta"): `filters`,
     `filters` and `2 * filters` channels, output stride 2.
 
     Args:
         filters: int. Channels of the first two convolutions (64 in the paper).
-        activate_output: bool. Apply the final ReLU.
-        **kwargs: batch-norm options and base `Layer` arguments.
+        activate_output: bool. Apply the final activation.
+        **kwargs: `activation` ("relu"; "gelu", exact, for deeplab2's Axial-ResNet-50),
+            batch-norm options and base `Layer` arguments.
     """
 
     def __init__(self, filters: int = 64, **kwargs):
         super().__init__(filters, **kwargs)
         args = dict(dtype=self.dtype_policy, **self.norm_args)
-        self.conv1 = ConvNormAct(filters, 3, strides=2, activation="relu", name="conv1", **args)
-        self.conv2 = ConvNormAct(filters, 3, activation="relu", name="conv2", **args)
+        self.conv1 = ConvNormAct(filters, 3, strides=2, activation=self.activation,
+                                 name="conv1", **args)
+        self.conv2 = ConvNormAct(filters, 3, activation=self.activation, name="conv2", **args)
         self.conv3 = ConvNormAct(2 * filters, 3, name="conv3", **args)
         self.sublayers = (self.conv1, self.conv2, self.conv3)
 
@@ -476,8 +540,8 @@ class FullAxialStem(_Stem):
         filters: int. Base width of the blocks (output `4 * filters` channels).
         span: None or odd int. Attention window of the three blocks.
         num_heads: int. Attention heads.
-        activate_output: bool. Apply the final ReLU.
-        **kwargs: `AxialBottleneck` options (`key_expansion`, `value_expansion`,
+        activate_output: bool. Apply the final activation.
+        **kwargs: `activation`, `AxialBottleneck` options (`key_expansion`, `value_expansion`,
             `bottleneck_expansion`, `drop_path_rate`, `max_span`,
             `attention_chunk_elements`, batch-norm options) and base `Layer` arguments.
     """
@@ -494,6 +558,7 @@ class FullAxialStem(_Stem):
         self.sublayers = tuple(
             AxialBottleneck(filters, strides=2 if i == 0 else 1, span=span,
                             num_heads=num_heads, activate_output=i < 2,
+                            activation=self.activation,
                             name=f"block{i + 1}", dtype=self.dtype_policy,
                             **block_args, **self.norm_args)
             for i in range(3))

@@ -1,21 +1,21 @@
-"""Axial-ResNet backbone: a ResNet-50 layout whose 3x3 convolutions are axial-attention pairs."""
+"""Axial-ResNet backbone: a ResNet-50 layout whose 3x3 convolutions are axial-attention pairs.
 
-import math
+Also deeplab2's wider family on the same skeleton: Axial-SWideRNet and MaX-DeepLab-L
+(3x3 stem, a stage-1 group and basic blocks; MaX-L with a stacked decoder) and
+Axial-ResNet-50 with exact GeLU. The block layout comes from `layout.encoder_plan`.
+"""
+
 from typing import Optional, Sequence
 
 import keras
-from keras import ops
 
 from axial_keras.layers.axial_attention import CHUNK_ELEMENTS, check_span
-from axial_keras.layers.blocks import (AxialBottleneck, ConvBottleneck, ConvStem,
+from axial_keras.layers.blocks import (AxialBottleneck, BasicBlock, ConvBottleneck, ConvStem,
                                        FullAxialStem, InceptionStem)
+from axial_keras.layers.resized_fuse import ResizedFuse
+from axial_keras.models.layout import (CONV_BLOCKS, DROP_PATH_SCHEDULES, STEMS,
+                                       drop_path_rate_at, encoder_plan, stacked_decoder_plan)
 from axial_keras.models.madds import functional_madds
-
-STEMS = ("conv", "inception", "axial")
-DROP_PATH_SCHEDULES = ("constant", "linear")
-# Input stride of the five stages of the official layout: stage1 is the stem (or the
-# three full-axial stem blocks); stages 2-5 hold the ResNet-50 block groups.
-_STAGE_INPUT_STRIDES = (1, 2, 4, 8, 16)
 
 
 @keras.saving.register_keras_serializable(package="axial_keras")
@@ -29,12 +29,20 @@ class AxialResNetBackbone(keras.Model):
     filters (L: 8 heads of 16 value channels at stride 4; blocks output 256, 512, 1024,
     2048), with the stage stride in its first block. Stems: `"conv"` (7x7 stride-2
     convolution, conv-stem models), `"inception"` (three 3x3 convolutions, the
-    Axial-DeepLab backbones) or `"axial"` (three axial blocks, Full Axial-ResNet).
+    Axial-DeepLab backbones), `"axial"` (three axial blocks, Full Axial-ResNet) or
+    `"wide"` (deeplab2's `wider_resnet`: a 3x3 stride-2 convolution without activation,
+    then a stage-1 group of three basic blocks of `128 * stem_width_multiplier`
+    channels; Axial-SWideRNet, MaX-DeepLab-L). Each block's type follows deeplab2: axial
+    where the ResNet stride before it is >= `axial_beyond_stride`, otherwise
+    `conv_block` (bottleneck or basic).
 
     Output: a dict of endpoints keyed as the official code keys them: `stage1`..`stage5`
-    (block sums before the ReLU) and `res1`..`res5` (after it), at strides 2, 4, 8, 16,
-    32 (or capped at `output_stride`). Tasks (`AxialResNetClassifier`, `AxialDeepLab`)
-    take a backbone instance and add their heads.
+    (block sums before the activation) and `res1`..`res5` (after it), at strides 2, 4,
+    8, 16, 32 (or capped at `output_stride`), and `backbone_output`: `res5`, or with
+    `stacked_decoder` the activated output of MaX-DeepLab's stacked decoder (one
+    hour-glass stack down to stride 4 and back, `ResizedFuse` + one block per stage).
+    Tasks (`AxialResNetClassifier`, `AxialDeepLab`) take a backbone instance and add
+    their heads.
 
     The model is built at `input_shape` with dynamic batch and (by default) spatial
     sizes, and takes its input as given (add your own rescaling). Its `dtype` policy
@@ -47,16 +55,24 @@ class AxialResNetBackbone(keras.Model):
         stem_width_multiplier: float. Channel multiplier of the stem (64 channels at 1).
         stem_pool: bool. Keep ResNet's stem max-pool (the paper's conv stem) instead of
             striding the first stage-2 block (the official code and its checkpoints).
-        num_blocks: four ints. Blocks in stages 2-5.
+        num_blocks: four ints. Blocks in stages 2-5 (before `layer_multiplier`).
+        layer_multiplier: float. Stages 2-5 hold `int(n * layer_multiplier)` blocks
+            (SWideRNet-(1, 1, x)'s x; the wide stage 1 is never scaled).
+        conv_block: str. "bottleneck" (1x1, 3x3, 1x1) or "basic" (two 3x3) where
+            there is no attention.
+        activation: str. "relu", or "gelu" (exact erf, deeplab2's Axial-ResNet-50)
+            everywhere deeplab2 activates (not the attention softmax).
+        stacked_decoder: bool. Add MaX-DeepLab-L's stacked decoder (`backbone_output`).
         output_stride: int. 8, 16 or 32; stages beyond it keep the resolution.
         axial_beyond_stride: int. Blocks whose input stride is at least this use axial
             attention, the others 3x3 convolutions (2: all residual stages; 1 is
             implied by the axial stem).
         spans: five entries, None or odd int: the attention span of stages 1 (axial
-            stem) to 5. None everywhere is global attention.
+            stem) to 5 (the stacked decoder's axial blocks take stage 5's). None
+            everywhere is global attention.
         num_heads: int. Attention heads.
         key_expansion, value_expansion, bottleneck_expansion: floats. Channel ratios of
-            the axial blocks (1, 2, 2 in the paper).
+            the axial blocks (1, 2, 2 in the paper; 2, 4, 4 in SWideRNet / MaX-L).
         drop_path_rate: float. Stochastic-depth rate of the last stage.
         drop_path_schedule: "constant" or "linear" (rate grows linearly with the stage).
         drop_path_beyond_stride: int. Only blocks at this input stride or beyond drop.
@@ -84,6 +100,10 @@ class AxialResNetBackbone(keras.Model):
         stem_width_multiplier: float = 1.0,
         stem_pool: bool = False,
         num_blocks: Sequence[int] = (3, 4, 6, 3),
+        layer_multiplier: float = 1.0,
+        conv_block: str = "bottleneck",
+        activation: str = "relu",
+        stacked_decoder: bool = False,
         output_stride: int = 32,
         axial_beyond_stride: int = 2,
         spans: Sequence[Optional[int]] = (None, None, None, None, None),
@@ -107,6 +127,11 @@ class AxialResNetBackbone(keras.Model):
             raise ValueError(f"Unknown stem {stem!r}; expected one of {STEMS}.")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"`output_stride` must be 8, 16 or 32, got {output_stride!r}.")
+        if conv_block not in CONV_BLOCKS:
+            raise ValueError(f"Unknown conv_block {conv_block!r}; expected one of {CONV_BLOCKS}.")
+        if stem_pool and stem != "conv":
+            raise ValueError("`stem_pool` applies to the 'conv' stem only.")
+        keras.activations.get(activation)
         if drop_path_schedule not in DROP_PATH_SCHEDULES:
             raise ValueError(f"Unknown drop_path_schedule {drop_path_schedule!r}; expected "
                              f"one of {DROP_PATH_SCHEDULES}.")
@@ -121,8 +146,6 @@ class AxialResNetBackbone(keras.Model):
             raise ValueError(
                 f"`input_shape` must be (height, width, channels), got {tuple(input_shape)!r}.")
 
-        if stem_pool and stem != "conv":
-            raise ValueError("`stem_pool` applies to the 'conv' stem only.")
         dtype = keras.dtype_policies.get(kwargs.pop("dtype", None))
         norm = dict(kernel_regularizer=keras.regularizers.get(kernel_regularizer),
                     momentum=momentum, epsilon=epsilon, synchronized=synchronized_bn,
@@ -132,59 +155,68 @@ class AxialResNetBackbone(keras.Model):
                      bottleneck_expansion=bottleneck_expansion, max_span=max_span,
                      attention_chunk_elements=attention_chunk_elements)
 
-        def filters_at(stride):
-            return int(round(32 * stride * width_multiplier))
+        options = dict(axial_beyond_stride=axial_beyond_stride, conv_block=conv_block,
+                       drop_path_rate=drop_path_rate, drop_path_schedule=drop_path_schedule,
+                       drop_path_beyond_stride=drop_path_beyond_stride)
+        stages = encoder_plan(stem, width_multiplier, stem_width_multiplier, num_blocks,
+                              layer_multiplier, output_stride, stem_pool=stem_pool, **options)
+        act = keras.activations.get(activation)
+        block_args = dict(activation=activation, **norm)
 
-        def drop_rate_at(stride):
-            if drop_path_rate == 0.0 or stride < drop_path_beyond_stride:
-                return 0.0
-            if drop_path_schedule == "constant":
-                return drop_path_rate
-            return drop_path_rate * (math.log2(stride) - 1) / 4
+        def make_block(plan, span):
+            args = dict(strides=plan.strides, drop_path_rate=plan.drop_path_rate,
+                        activate_output=False, name=plan.name, **block_args)
+            if plan.kind == "axial":
+                return AxialBottleneck(plan.filters, span=span, **args, **axial)
+            if plan.kind == "basic":
+                return BasicBlock(plan.filters, dilation_rate=plan.dilation_rate,
+                                  second_dilation_rate=plan.second_dilation_rate, **args)
+            return ConvBottleneck(plan.filters, dilation_rate=plan.dilation_rate, **args)
 
         inputs = keras.Input(shape=tuple(input_shape), name="images")
         endpoints = {}
         stem_filters = int(round(64 * stem_width_multiplier))
-        if stem == "conv":
-            stem_layer = ConvStem(stem_filters, pool=stem_pool, activate_output=False,
-                                  name="stem", **norm)
+        if stem in ("conv", "wide"):
+            stem_layer = ConvStem(stem_filters, kernel_size=7 if stem == "conv" else 3,
+                                  pool=stem_pool, activate_output=False, name="stem",
+                                  **block_args)
         elif stem == "inception":
-            stem_layer = InceptionStem(stem_filters, activate_output=False, name="stem", **norm)
+            stem_layer = InceptionStem(stem_filters, activate_output=False, name="stem",
+                                       **block_args)
         else:
-            stem_layer = FullAxialStem(filters_at(1), span=spans[0], activate_output=False,
-                                       drop_path_rate=drop_rate_at(1), name="stem",
-                                       **axial, **norm)
+            stem_layer = FullAxialStem(
+                int(round(32 * width_multiplier)), span=spans[0], activate_output=False,
+                drop_path_rate=drop_path_rate_at(drop_path_rate, drop_path_schedule, 1,
+                                                 drop_path_beyond_stride),
+                name="stem", **axial, **block_args)
         x = stem_layer(inputs)
         endpoints["stage1"] = x
-        x = ops.relu(x)
+        x = act(x)
         endpoints["res1"] = x
-
-        current_stride = 4 if stem_pool else 2
-        for stage, (blocks, input_stride) in enumerate(zip(num_blocks, _STAGE_INPUT_STRIDES[1:])):
-            filters = filters_at(input_stride)
-            original_stride = input_stride
-            for index in range(blocks):
-                strides = 2 if (index == 0 and current_stride == input_stride
-                                and current_stride < output_stride) else 1
-                name = f"stage{stage + 2}_block{index + 1}"
-                drop_rate = drop_rate_at(original_stride)
-                if original_stride >= axial_beyond_stride:
-                    block = AxialBottleneck(filters, strides=strides, span=spans[stage + 1],
-                                            drop_path_rate=drop_rate, activate_output=False,
-                                            name=name, **axial, **norm)
-                else:
-                    dilation = max(original_stride // output_stride, 1)
-                    block = ConvBottleneck(filters, strides=strides, dilation_rate=dilation,
-                                           drop_path_rate=drop_rate, activate_output=False,
-                                           name=name, **norm)
-                x = block(x)
-                if index == 0:
-                    current_stride *= strides
-                    original_stride *= 2
+        for stage, blocks in stages:
+            for plan in blocks:
+                x = make_block(plan, spans[stage - 1])(x)
                 preactivation = x
-                x = ops.relu(x)
-            endpoints[f"stage{stage + 2}"] = preactivation
-            endpoints[f"res{stage + 2}"] = x
+                x = act(x)
+            endpoints[f"stage{stage}"] = preactivation
+            endpoints[f"res{stage}"] = x
+        backbone_output = x
+        if stacked_decoder:
+            features = dict(endpoints)
+            for decoder_stage in stacked_decoder_plan(width_multiplier, output_stride,
+                                                      **options):
+                fused = ResizedFuse(
+                    decoder_stage.channels, [s for _, s in decoder_stage.inputs],
+                    decoder_stage.stride, name=f"{decoder_stage.name}_fuse", **block_args)(
+                    [features[name] for name, _ in decoder_stage.inputs])
+                # deeplab2 activates the fused sum and its block activates its input
+                # again (a no-op for ReLU).
+                y = act(fused)
+                for plan in decoder_stage.blocks:
+                    y = make_block(plan, spans[4])(y)
+                features[decoder_stage.name] = y
+            backbone_output = act(y)
+        endpoints["backbone_output"] = backbone_output
 
         super().__init__(inputs=inputs, outputs=endpoints, **kwargs)
         # A functional model ignores `dtype=`; its layers above were given the policy.
@@ -194,6 +226,10 @@ class AxialResNetBackbone(keras.Model):
         self.stem_width_multiplier = stem_width_multiplier
         self.stem_pool = stem_pool
         self.num_blocks = num_blocks
+        self.layer_multiplier = layer_multiplier
+        self.conv_block = conv_block
+        self.activation = activation
+        self.stacked_decoder = stacked_decoder
         self.output_stride = output_stride
         self.axial_beyond_stride = axial_beyond_stride
         self.spans = spans
@@ -221,6 +257,10 @@ class AxialResNetBackbone(keras.Model):
             "stem_width_multiplier": self.stem_width_multiplier,
             "stem_pool": self.stem_pool,
             "num_blocks": list(self.num_blocks),
+            "layer_multiplier": self.layer_multiplier,
+            "conv_block": self.conv_block,
+            "activation": self.activation,
+            "stacked_decoder": self.stacked_decoder,
             "output_stride": self.output_stride,
             "axial_beyond_stride": self.axial_beyond_stride,
             "spans": list(self.spans),

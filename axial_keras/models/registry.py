@@ -6,7 +6,7 @@ decoder and head widths. `get_model` turns a config (with overrides) into models
 """
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import keras
 
@@ -26,6 +26,10 @@ class AxialResNetConfig:
     stem_width_multiplier: float = 1.0
     stem_pool: bool = False
     num_blocks: Tuple[int, ...] = (3, 4, 6, 3)
+    layer_multiplier: float = 1.0
+    conv_block: str = "bottleneck"
+    activation: str = "relu"
+    stacked_decoder: bool = False
     output_stride: int = 32
     axial_beyond_stride: int = 2
     spans: Tuple[Optional[int], ...] = (None, None, None, None, None)
@@ -46,8 +50,26 @@ class AxialResNetConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PostProcessing:
+    """The panoptic post-processing a variant's published numbers were evaluated with.
+
+    Attributes:
+        center_threshold: float. Minimum raw centre-heatmap score of an instance centre.
+        nms_kernel: int. Max-pool window of the centre non-maximum suppression.
+        keep_k_centers: int. Centres kept (highest scores).
+        stuff_area_limit: int. Stuff segments smaller than this (pixels) become void.
+    """
+
+    center_threshold: float = 0.1
+    nms_kernel: int = 13
+    keep_k_centers: int = 400
+    stuff_area_limit: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
 class AxialDeepLabConfig:
-    """An Axial-DeepLab variant: its backbone config and the `AxialDeepLab` widths."""
+    """An Axial-DeepLab variant: its backbone config, the `AxialDeepLab` widths and (for the
+    published models) the post-processing their numbers were evaluated with."""
 
     backbone: AxialResNetConfig
     projection_channels: int = 256
@@ -62,6 +84,7 @@ class AxialDeepLabConfig:
     momentum: float = 0.99
     epsilon: float = 1e-3
     synchronized_bn: bool = False
+    postprocessing: Optional[PostProcessing] = None
 
 
 ModelConfig = Union[AxialResNetConfig, AxialDeepLabConfig]
@@ -168,6 +191,7 @@ def get_model(name: str, **overrides) -> keras.Model:
                          f"AxialResNetConfig, got {type(backbone).__name__}.")
     config = _replace(config, overrides, _MODEL_ARGS + _LABEL_ARGS)
     kwargs = dataclasses.asdict(config)
+    kwargs.pop("postprocessing")
     kwargs["backbone"] = build_backbone(backbone, name="backbone", dtype=model_args.get("dtype"))
     return AxialDeepLab(labels=labels, **kwargs, **model_args)
 
@@ -201,3 +225,41 @@ register("axial_deeplab_tiny", AxialDeepLabConfig(
     projection_channels=64, semantic_decoder_channels=64, semantic_low_level_channels=(32, 16),
     semantic_head_channels=64, instance_projection_channels=64, instance_decoder_channels=32,
     instance_low_level_channels=(16, 8), instance_head_channels=16, momentum=0.9))
+
+# deeplab2's model zoo (model/encoder/axial_resnet_instances.py, pixel_encoder/axial_resnet.py)
+# with the backbone options of its Cityscapes configs (output stride 16, drop path keep 0.8
+# linear). Axial-SWideRNet-(1, 1, x) is (stem width, backbone width, layer multiplier): a
+# 3x3 stem, a stage-1 group of 3 basic blocks, basic blocks up to stage 4 block 1, axial
+# blocks beyond stride 16 with expansions 2 / 4 / 4. MaX-DeepLab-L is Axial-SWideRNet-(1, 1,
+# 1) with a stacked decoder; Axial-ResNet-50 is MaX-DeepLab-S with exact GeLU at output
+# stride 32 (kMaX-DeepLab's pixel encoder).
+_WIDE = AxialResNetConfig(
+    stem="wide", conv_block="basic", num_blocks=(3, 6, 3, 3), axial_beyond_stride=16,
+    key_expansion=2.0, value_expansion=4.0, bottleneck_expansion=4.0,
+    output_stride=OUTPUT_STRIDE, drop_path_rate=0.2, drop_path_schedule="linear",
+    drop_path_beyond_stride=4)
+_MAX_S = AxialResNetConfig(
+    stem="inception", conv_block="bottleneck", num_blocks=(3, 4, 6, 3), axial_beyond_stride=16,
+    key_expansion=1.0, value_expansion=2.0, bottleneck_expansion=2.0,
+    output_stride=OUTPUT_STRIDE, drop_path_rate=0.2, drop_path_schedule="linear",
+    drop_path_beyond_stride=16)
+ZOO_BACKBONES: Mapping[str, AxialResNetConfig] = {
+    "axial_swidernet_1_1_1": _WIDE,
+    "axial_swidernet_1_1_3": dataclasses.replace(_WIDE, layer_multiplier=3.0),
+    "axial_swidernet_1_1_4.5": dataclasses.replace(_WIDE, layer_multiplier=4.5),
+    "max_deeplab_s_backbone": _MAX_S,
+    "max_deeplab_l_backbone": dataclasses.replace(_WIDE, stacked_decoder=True),
+    "axial_resnet_50_gelu": dataclasses.replace(_MAX_S, activation="gelu", output_stride=32,
+                                                drop_path_schedule="constant"),
+}
+# deeplab2's Cityscapes evaluator_options (identical in the five configs); the labels are
+# the default, axial_keras.labels.CITYSCAPES (19 classes, things 11-18, divisor 1000).
+CITYSCAPES_POSTPROCESSING = PostProcessing(center_threshold=0.1, nms_kernel=13,
+                                           keep_k_centers=400, stuff_area_limit=2048)
+for _name, _config in ZOO_BACKBONES.items():
+    register(_name, _config)
+for _name in ("axial_swidernet_1_1_1", "axial_swidernet_1_1_3", "axial_swidernet_1_1_4.5",
+              "max_deeplab_s_backbone", "max_deeplab_l_backbone"):
+    # deeplab2's Cityscapes config `<name>_os16`: Panoptic-DeepLab heads on the backbone.
+    register(f"{_name}_os16", AxialDeepLabConfig(backbone=ZOO_BACKBONES[_name],
+                                                 postprocessing=CITYSCAPES_POSTPROCESSING))
