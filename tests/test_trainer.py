@@ -286,9 +286,10 @@ def test_two_workers_finish_and_agree_on_the_final_weights(tmp_path):
         assert f"with 2 replica(s), worker {index} of 2 workers" in text
     assert fingerprint(texts[0]) == fingerprint(texts[1])
     assert latest_step(model_dir) == 4
-    # Only the chief writes model_dir.
+    # Only the chief writes model_dir (a classifier's description is its model.json).
     assert sorted(os.listdir(model_dir)) == sorted(
-        ["checkpoint", "config.json", "train", "ckpt-2.data-00000-of-00001", "ckpt-2.index",
+        ["checkpoint", "config.json", "model.json", "train", "ckpt-2.data-00000-of-00001",
+         "ckpt-2.index",
          "ckpt-4.data-00000-of-00001", "ckpt-4.index"])
 
 
