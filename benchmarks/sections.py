@@ -59,7 +59,7 @@ def forward(model: str, size: int, batch: int, output_stride: Optional[int] = No
     madds = net.madds((1, size, size, 3))
     images_per_s = batch / timing["median_s"]
     gflops = 2.0 * madds * images_per_s / 1e9
-    return {"model": model, "size": size, "batch": batch, "output_stride": net.output_stride,
+    return {"model": model, "size": size, "batch": batch, "output_stride": net.backbone.output_stride,
             "dtype": dtype, "jit_compile": jit_compile, "images_per_s": images_per_s,
             "madds_per_image": madds, "gflops": gflops,
             "peak_fraction": gflops / peaks["matmul_gflops"], **peaks, **timing,
@@ -92,7 +92,7 @@ def train(model: str, size: int, batch: int, output_stride: Optional[int] = 16,
                                                              repeats, warmup), matmul_size)
     madds = net.madds((1, size, size, 3))
     images_per_s = batch / timing["median_s"]
-    return {"model": model, "size": size, "batch": batch, "output_stride": net.output_stride,
+    return {"model": model, "size": size, "batch": batch, "output_stride": net.backbone.output_stride,
             "dtype": dtype, "jit_compile": jit_compile, "optimizer": "SGD(0.01, momentum=0.9)",
             "images_per_s": images_per_s, "madds_per_image": madds, **peaks, **timing,
             "peak_rss_gib": measure.peak_rss_bytes() / GIB}
@@ -184,7 +184,7 @@ def profile(model: str, size: int, batch: int, output_stride: Optional[int] = No
     measure.time_calls(lambda: step(images), repeats=1, warmup=1)
     start = time.perf_counter()
     shares = measure.op_type_shares(lambda: step(images), top=top)
-    return {"model": model, "size": size, "batch": batch, "output_stride": net.output_stride,
+    return {"model": model, "size": size, "batch": batch, "output_stride": net.backbone.output_stride,
             "profile_s": time.perf_counter() - start, **shares}
 
 
