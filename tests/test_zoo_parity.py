@@ -14,6 +14,7 @@ import pytest
 
 from axial_keras.labels import CITYSCAPES
 from axial_keras.models.convert import from_deeplab2
+from axial_keras.models.presets import preset_post_processing
 from axial_keras.models.registry import get_variant
 from axial_keras.panoptic import PanopticPostProcessor, PanopticPredictor, PostProcessingSettings
 from zoo_fixtures import (ENDPOINTS, FIXTURES, NUMERIC, TOLERANCE, numeric_path,
@@ -155,9 +156,7 @@ def test_deeplab2_convention_reproduces_deeplab2_maps(folder, unroll):
 @pytest.mark.parametrize("folder", PANOPTIC, ids=os.path.basename)
 def test_converted_model_gives_deeplab2_maps(folder):
     model = from_deeplab2(os.path.join(folder, "checkpoint"))
-    record = get_variant(model.name).postprocessing
-    settings = (_cityscapes_settings() if record is None
-                else PostProcessingSettings(**dataclasses.asdict(record)))
+    settings = _cityscapes_settings() if folder == FIXTURE_B else preset_post_processing(model)
     got = PanopticPredictor(model, model.labels, settings)(
         np.load(os.path.join(folder, "input.npy")))
     ref = np.load(os.path.join(folder, "outputs.npz"))
