@@ -2,10 +2,14 @@
 
     python -m export.predict --model=models/digits/1 --output_dir=predictions a.png b.jpg
     python -m export.predict --model=digits.tflite --output_dir=predictions a.png
+    python -m export.predict --preset=max_deeplab_s_backbone_os16_cityscapes \
+        --output_dir=predictions street.png
 
 `--model` is a SavedModel directory (images go in encoded, through `serving_default`), a
 `.tflite` or an `.onnx` file (images are fitted to the model's fixed input with
-`export.images.fit_image` and the maps taken back to the image's size). For each
+`export.images.fit_image` and the maps taken back to the image's size). `--preset` (and
+`--spans`, as in `export.saved_model`) runs a model zoo preset in this process, rebuilt
+as `export.saved_model --preset` exports it, through the same `serving_default` graph. For each
 `NAME.ext` it writes, in `--output_dir`:
 
 - `NAME_panoptic.png`: the panoptic map in colour (one hue per class, one shade per
@@ -30,7 +34,7 @@ any was.
 import json
 import os
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -38,11 +42,15 @@ from absl import app, flags
 
 from axial_keras import cli
 from axial_keras.files import write_atomically
-from axial_keras.panoptic import colorize_panoptic, overlay, side_by_side, write_png
+from axial_keras.panoptic import (PanopticPredictor, colorize_panoptic, overlay, side_by_side,
+                                  write_png)
+from export import serving
 from export.images import fit_image, read_image, unfit_map
 from export.metadata import ExportMetadata
 from export.rest_api import error_message
 from export.runtime import SavedModelRunner, load_exported
+from export.saved_model import define_preset_flags, load_preset_for_export, parse_spans
+from export.serving import OUTPUT_KEYS
 
 FLAGS = flags.FLAGS
 MAP_KEYS = ("panoptic", "instance_scores")
@@ -52,13 +60,36 @@ def define_flags() -> None:
     """The command-line flags (defined only when run as a program)."""
     flags.DEFINE_string("model", None, "A SavedModel directory, .tflite or .onnx file.")
     flags.DEFINE_string("output_dir", None, "Where the PNGs and segment lists go.")
-    flags.mark_flags_as_required(["model", "output_dir"])
+    define_preset_flags()
+    flags.mark_flags_as_required(["output_dir"])
+    flags.mark_flags_as_mutual_exclusive(["model", "preset"], required=True)
+
+
+class PresetRunner:
+    """A model zoo preset run in this process as its SavedModel's `serving_default` runs.
+
+    Args:
+        preset: str. A preset name or a local path (`from_preset`).
+        spans: attention spans per stage (the `spans` override) or None.
+    """
+
+    def __init__(self, preset: str, spans: Optional[Sequence[Optional[int]]] = None):
+        model, self.metadata = load_preset_for_export(preset, spans)
+        predictor = PanopticPredictor(model, self.metadata.labels, self.metadata.post_processing)
+        self._serve = tf.function(lambda images: serving.serve_encoded(predictor, images),
+                                  input_signature=[tf.TensorSpec([None], tf.string)])
+        self.input_size: Optional[Tuple[int, int]] = None
+
+    def encoded(self, files: Sequence[bytes]) -> Dict[str, np.ndarray]:
+        """The serving outputs of encoded image files (one padded batch)."""
+        outputs = self._serve(tf.constant(list(files)))
+        return {key: outputs[key].numpy() for key in OUTPUT_KEYS}
 
 
 def predict_file(runner, path: str) -> Dict[str, np.ndarray]:
     """`panoptic` and `instance_scores` `[h, w]` of the image file at `path`, and its
     pixels `image` (uint8 `[h, w, 3]`)."""
-    if isinstance(runner, SavedModelRunner):
+    if isinstance(runner, (SavedModelRunner, PresetRunner)):
         with open(path, "rb") as f:
             outputs = runner.encoded([f.read()])
         height, width = outputs["image_size"][0]
@@ -114,7 +145,11 @@ def main(argv) -> None:
     images = argv[1:]
     if not images:
         raise app.UsageError("Give at least one image file after the flags.")
-    runner = load_exported(FLAGS.model)
+    try:
+        runner = (PresetRunner(FLAGS.preset, parse_spans(FLAGS.spans)) if FLAGS.preset
+                  else load_exported(FLAGS.model))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     failed, names = 0, set()
     for path in images:

@@ -2,6 +2,13 @@ r"""Exports a SavedModel for TF Serving: encoded images in, panoptic maps out, n
 
     python -m export.saved_model --checkpoint=demo_output/digits_panoptic \
         --output_dir=models/digits/1
+    python -m export.saved_model --preset=max_deeplab_s_backbone_os16_cityscapes \
+        --spans=none,65,65,65,65 --output_dir=models/max_s/1
+
+`--preset` is a name of `axial_keras.models.list_presets()` or a local archive,
+checkpoint, `.keras` file or preset folder (`axial_keras.models.from_preset`); the model
+is rebuilt from its own config the same way, with the post-processing its published
+numbers were evaluated with (`presets.preset_post_processing`: deeplab2's convention).
 
 `--checkpoint` is a trainer `model_dir` (its latest checkpoint), a checkpoint in it
 (`DIR/ckpt-900`, `DIR/best/ckpt-900`) or a `.keras` / `.weights.h5` file in it. The
@@ -24,7 +31,7 @@ post-processing, model config). TF Serving serves `--model_base_path=models/digi
 """
 
 import os
-from typing import Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -52,7 +59,79 @@ def define_flags() -> None:
     flags.DEFINE_string("model_dir", None, "The directory holding model.json, labels.json and "
                         "post_processing.json (default: found from --checkpoint).")
     flags.DEFINE_string("output_dir", None, "The SavedModel directory (replaced if it exists).")
-    flags.mark_flags_as_required(["checkpoint", "output_dir"])
+    define_preset_flags()
+    flags.mark_flags_as_required(["output_dir"])
+    flags.mark_flags_as_mutual_exclusive(["checkpoint", "preset"], required=True)
+
+
+def define_preset_flags() -> None:
+    """`--preset` and `--spans` (shared with `export.predict`)."""
+    flags.DEFINE_string("preset", None, "A model zoo preset name, or a local deeplab2 "
+                        ".tar.gz, checkpoint, .keras file or preset folder.")
+    flags.DEFINE_list("spans", None, "Attention span per stage for --preset, e.g. "
+                      "none,65,65,65,65 (the paper's local m = 65; default: the model's).")
+
+
+def parse_spans(values: Optional[Sequence[str]]) -> Optional[Tuple[Optional[int], ...]]:
+    """`--spans` values as the `spans` override (`none` -> None); None without the flag.
+
+    Raises:
+        ValueError: naming a value that is neither `none` nor a positive int.
+    """
+    if not values:
+        return None
+    spans = []
+    for value in values:
+        if value.strip().lower() == "none":
+            spans.append(None)
+        elif value.strip().isdigit() and int(value) > 0:
+            spans.append(int(value))
+        else:
+            raise ValueError(f"--spans takes positive ints or `none`, got {value!r}.")
+    return tuple(spans)
+
+
+def model_for_export(model_config: Dict[str, Any], weights: Optional[keras.Model] = None
+                     ) -> keras.Model:
+    """The model `model_config` describes, rebuilt for export (`EXPORT_CONFIG`), with the
+    weights of `weights` when given.
+
+    Args:
+        model_config: dict. `keras.saving.serialize_keras_object(model)`.
+        weights: keras.Model or None. A model of that config whose weights are copied.
+    """
+    model = rebuild_model(model_config, EXPORT_CONFIG)
+    if weights is not None:
+        for target, source in zip(model.weights, weights.weights):
+            target.assign(source)
+    return model
+
+
+def load_preset_for_export(preset: str, spans: Optional[Sequence[Optional[int]]] = None
+                           ) -> Tuple[keras.Model, ExportMetadata]:
+    """A zoo preset's model rebuilt for export, and the metadata it is exported with.
+
+    Args:
+        preset: str. `from_preset`'s argument (a name or a local path).
+        spans: attention spans per stage (the `spans` override) or None.
+
+    Raises:
+        ValueError: an unknown preset, an unreadable archive, or a model without panoptic
+            labels or recorded post-processing.
+    """
+    from axial_keras.models import from_preset
+    from axial_keras.models.presets import preset_post_processing
+
+    converted = from_preset(preset, **({"spans": tuple(spans)} if spans else {}))
+    labels = getattr(converted, "labels", None)
+    if not isinstance(labels, PanopticLabels):
+        raise ValueError(f"Preset {preset!r} is not a panoptic model ({converted.name}); "
+                         "export serves panoptic models.")
+    metadata = ExportMetadata(
+        labels=labels, post_processing=preset_post_processing(converted),
+        model_config=keras.saving.serialize_keras_object(converted), experiment=converted.name,
+        checkpoint=preset)
+    return model_for_export(metadata.model_config, converted), metadata
 
 
 def write_saved_model(model: keras.Model, labels: PanopticLabels,
@@ -115,7 +194,7 @@ def export_saved_model(checkpoint: str, output_dir: str,
     if artifacts.labels is None or artifacts.post_processing is None:
         raise ValueError(f"{model_dir} describes a model without panoptic labels; export "
                          "serves panoptic models.")
-    model = rebuild_model(artifacts.model_config, EXPORT_CONFIG)
+    model = model_for_export(artifacts.model_config)
     checkpoint = load_weights(model, checkpoint)
     logging.info("Loaded weights from %s", checkpoint)
     run_config = os.path.join(model_dir, "config.json")
@@ -129,11 +208,32 @@ def export_saved_model(checkpoint: str, output_dir: str,
     return metadata
 
 
+def export_preset(preset: str, output_dir: str,
+                  spans: Optional[Sequence[Optional[int]]] = None) -> ExportMetadata:
+    """Writes the SavedModel of a model zoo preset (`load_preset_for_export`).
+
+    Args:
+        preset: str. A preset name or a local archive, checkpoint or preset path.
+        output_dir: str. The SavedModel directory (replaced if it exists).
+        spans: attention spans per stage (the `spans` override) or None.
+
+    Returns:
+        The metadata written with the SavedModel.
+    """
+    model, metadata = load_preset_for_export(preset, spans)
+    write_saved_model(model, metadata.labels, metadata.post_processing, output_dir, metadata)
+    logging.info("SavedModel of preset %s written to %s", preset, output_dir)
+    return metadata
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        export_saved_model(FLAGS.checkpoint, FLAGS.output_dir, FLAGS.model_dir)
+        if FLAGS.preset:
+            export_preset(FLAGS.preset, FLAGS.output_dir, parse_spans(FLAGS.spans))
+        else:
+            export_saved_model(FLAGS.checkpoint, FLAGS.output_dir, FLAGS.model_dir)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}")
     print(f"SavedModel written to {FLAGS.output_dir}")

@@ -72,6 +72,50 @@ def test_recovers_the_exact_panoptic_map_from_ideal_heads():
     assert np.asarray(result["instance_scores"]).max() == pytest.approx(1.0)
 
 
+def _numbered_in_class(label):
+    """`label` with each class's instances renumbered 1, 2, ... by first pixel (raster)."""
+    out = label.copy()
+    ids, first = np.unique(label.ravel(), return_index=True)
+    seen = {}
+    for segment in ids[np.argsort(first)]:
+        if segment % DIVISOR:
+            seen[segment // DIVISOR] = seen.get(segment // DIVISOR, 0) + 1
+            out[label == segment] = segment // DIVISOR * DIVISOR + seen[segment // DIVISOR]
+    return out
+
+
+def test_deeplab2_convention_numbers_instances_by_class_and_first_pixel():
+    labels = np.stack([_scene(0), _scene(1)])
+    batch = _batch(labels)
+    batch["center_heatmap"][1, 32, 4] = 0.9  # a centre with no pixel: numbers skip it
+    result = _post(nms_kernel=7, keep_k_centers=20, convention="deeplab2")(batch)
+    for pred, gt in zip(np.asarray(result["panoptic"]), labels):
+        np.testing.assert_array_equal(pred, _numbered_in_class(gt))
+    # Instance slots follow the centres in raster order.
+    for instance, centers in zip(np.asarray(result["instance"]), result["center_points"]):
+        centers = np.asarray(centers)
+        kept = centers[centers[:, 0] >= 0]
+        raster = kept[:, 0] * labels.shape[2] + kept[:, 1]
+        assert (np.diff(raster) > 0).all()
+        assert set(np.unique(instance)) <= set(range(len(kept) + 1))
+
+
+def test_deeplab2_convention_keeps_the_centres_above_the_kth_score():
+    heat = np.zeros((1, 20, 40, 1), "float32")
+    peaks = [((2, 30), 0.5), ((2, 5), 0.9), ((10, 20), 0.7), ((17, 3), 0.6), ((17, 35), 0.8)]
+    for (y, x), score in peaks:
+        heat[0, y, x, 0] = score
+    deeplab2 = _post(nms_kernel=3, keep_k_centers=3, convention="deeplab2").find_centers(heat)
+    ours = _post(nms_kernel=3, keep_k_centers=3).find_centers(heat)
+    scores, y, x, valid = (np.asarray(v)[0] for v in deeplab2)
+    # Strictly above the 3rd best score (0.7): two centres, in raster order.
+    assert valid.tolist() == [True, True, False]
+    assert list(zip(y[:2].tolist(), x[:2].tolist())) == [(2, 5), (17, 35)]
+    np.testing.assert_array_equal(scores[:2], np.float32([0.9, 0.8]))
+    scores, y, x, valid = (np.asarray(v)[0] for v in ours)
+    assert valid.all() and list(zip(y.tolist(), x.tolist())) == [(2, 5), (17, 35), (10, 20)]
+
+
 def test_an_image_does_not_depend_on_its_batch_mates():
     labels = np.stack([_scene(0), _scene(3), _scene(5)])
     post = _post(keep_k_centers=20, stuff_area_limit=50)
@@ -135,6 +179,8 @@ def test_bad_arguments():
         _post(keep_k_centers=100)  # = DIVISOR: instance ids would not fit
     with pytest.raises(ValueError, match="grouping_tile"):
         PostProcessingSettings(keep_k_centers=20, grouping_tile=0)
+    with pytest.raises(ValueError, match="convention"):
+        PostProcessingSettings(keep_k_centers=20, convention="detectron2")
     with pytest.raises(TypeError, match="from_ids"):
         PanopticPostProcessor(THINGS)
     with pytest.raises(ValueError, match="logits have 2 classes"):

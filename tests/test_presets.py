@@ -12,21 +12,14 @@ import pytest
 from axial_keras.models import from_preset, list_presets
 from axial_keras.models.presets import PRESETS, Preset, save_to_preset
 from axial_keras.models.registry import list_models
-from zoo_fixtures import FIXTURES, TOLERANCE, numeric_path, relative_errors
+from zoo_fixtures import (FIXTURES, TOLERANCE, deeplab2_archive, numeric_path,
+                          relative_errors)
 
 SWIDERNET = numeric_path("axial_swidernet_1_1_1_w0.125")
 GELU = numeric_path("maxs_gelu_w0.25")
 STRUCTURE = os.path.join(FIXTURES, "deeplab2_zoo", "structure")
 pytestmark = pytest.mark.skipif(not os.path.isdir(SWIDERNET),
                                 reason="deeplab2 zoo numeric fixtures not found")
-
-
-def _archive(fixture, path, folder="ckpt"):
-    """A .tar.gz in deeplab2's layout: one folder holding ckpt-N.index and its shard."""
-    with tarfile.open(path, "w:gz") as tar:
-        for name in ("ckpt-0.index", "ckpt-0.data-00000-of-00001"):
-            tar.add(os.path.join(fixture, "checkpoint", name), arcname=f"{folder}/{name}")
-    return str(path)
 
 
 def test_every_published_model_is_a_preset():
@@ -48,7 +41,8 @@ def test_every_published_model_is_a_preset():
 
 
 def test_a_local_archive_loads_and_reproduces_deeplab2(tmp_path):
-    model = from_preset(_archive(SWIDERNET, tmp_path / "swidernet.tar.gz", "any_folder_name"))
+    model = from_preset(deeplab2_archive(SWIDERNET, tmp_path / "swidernet.tar.gz",
+                                         "any_folder_name"))
     assert model.name == "axial_swidernet_1_1_1_os16"
     errors = relative_errors(model, SWIDERNET)
     assert len(errors) == 20 and max(errors.values()) <= TOLERANCE
@@ -57,7 +51,7 @@ def test_a_local_archive_loads_and_reproduces_deeplab2(tmp_path):
 def test_a_named_preset_downloads_converts_once_and_caches(tmp_path, monkeypatch):
     # Named as deeplab2 names the GeLU archive: the preset's variant decides the
     # activation that the checkpoint cannot show.
-    archive = _archive(GELU, tmp_path / "maxs_gelu_imagenet_22k_1k_224.tar.gz")
+    archive = deeplab2_archive(GELU, tmp_path / "maxs_gelu_imagenet_22k_1k_224.tar.gz")
     monkeypatch.setitem(PRESETS, "test_gelu", Preset(
         model="axial_resnet_50_gelu", url=f"file://{archive}", config="test", metrics={},
         trainable_params=0))
@@ -73,7 +67,7 @@ def test_a_named_preset_downloads_converts_once_and_caches(tmp_path, monkeypatch
     assert all(np.array_equal(np.array(a), np.array(b))
                for a, b in zip(first.weights, second.weights))
     # A local archive under the same name also gets the preset's variant.
-    local = _archive(GELU, tmp_path / "maxs_gelu_imagenet_22k_1k_224.tar.gz")
+    local = deeplab2_archive(GELU, tmp_path / "maxs_gelu_imagenet_22k_1k_224.tar.gz")
     assert from_preset(local).activation == "gelu"
 
 
@@ -85,7 +79,7 @@ def test_download_and_archive_failures_name_the_problem(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=rf"from {missing} .*Download the archive by hand and "
                                          rf"pass its path"):
         from_preset("test_missing", cache_dir=str(tmp_path / "cache"))
-    whole = _archive(SWIDERNET, tmp_path / "whole.tar.gz")
+    whole = deeplab2_archive(SWIDERNET, tmp_path / "whole.tar.gz")
     cut = tmp_path / "cut.tar.gz"
     with open(whole, "rb") as f:
         cut.write_bytes(f.read()[: os.path.getsize(whole) // 2])

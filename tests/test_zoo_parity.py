@@ -1,7 +1,9 @@
 """Converted deeplab2 zoo checkpoints reproduce deeplab2's own outputs
 (shared/fixtures/deeplab2_zoo/numeric): every encoder endpoint, decoder feature, raw and
-upsampled head within 1e-4 of the reference's scale, under TensorFlow and under JAX."""
+upsampled head within 1e-4 of the reference's scale, under TensorFlow and under JAX; the
+"deeplab2" post-processing convention reproduces deeplab2's int maps bit for bit."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,7 +12,11 @@ import sys
 import numpy as np
 import pytest
 
+from axial_keras.labels import CITYSCAPES
 from axial_keras.models.convert import from_deeplab2
+from axial_keras.models.presets import preset_post_processing
+from axial_keras.models.registry import get_variant
+from axial_keras.panoptic import PanopticPostProcessor, PanopticPredictor, PostProcessingSettings
 from zoo_fixtures import (ENDPOINTS, FIXTURES, NUMERIC, TOLERANCE, numeric_path,
                           relative_errors)
 
@@ -20,6 +26,21 @@ FIXTURE_B = os.path.join(FIXTURES, "deeplab2", "axial_deeplab_s")
 # Float arrays each fixture holds (encoder endpoints, decoder features, raw heads,
 # upsampled heads and probabilities); every one is compared.
 EXPECTED_OUTPUTS = {"maxs_gelu_w0.25": 11}
+# The panoptic fixtures (fixture B is deeplab2's Cityscapes config on axial_deeplab_s).
+PANOPTIC = [numeric_path(f) for f in sorted(NUMERIC) if NUMERIC[f][0].endswith("_os16")] + [
+    FIXTURE_B]
+# Our map -> deeplab2's.
+MAPS = (("panoptic", "panoptic_pred"), ("semantic", "semantic_pred"),
+        ("instance", "instance_pred"))
+# Pixels our converted model may label otherwise: the tie the zoo README names (a 1-ulp
+# input change already moves it in deeplab2 itself).
+TIE_PIXELS = {"max_deeplab_s_backbone_w0.25": 1}
+
+
+def _cityscapes_settings() -> PostProcessingSettings:
+    """The settings of the zoo's `*_os16` variants, from their registry record."""
+    record = get_variant("axial_swidernet_1_1_1_os16").postprocessing
+    return PostProcessingSettings(**dataclasses.asdict(record))
 
 
 @pytest.mark.parametrize("fixture", sorted(NUMERIC))
@@ -107,3 +128,38 @@ def test_a_local_span_can_be_set_on_a_converted_model():
     narrow = from_deeplab2(checkpoint, spans=(None, None, None, 3, 3))
     moved = np.abs(np.asarray(narrow(x)["semantic_logits"]) - ref["semantic_logits"]).max()
     assert moved > 100 * TOLERANCE * np.abs(ref["semantic_logits"]).max()
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+@pytest.mark.parametrize("folder", PANOPTIC, ids=os.path.basename)
+def test_deeplab2_convention_reproduces_deeplab2_maps(folder, unroll):
+    # deeplab2's own float outputs in, so only the post-processing is compared.
+    ref = np.load(os.path.join(folder, "outputs.npz"))
+    outputs = {"semantic_logits": ref["semantic_logits"],
+               "center_heatmap": ref["center_heatmap"][..., None],
+               "center_offsets": ref["offset_map"]}
+    settings = _cityscapes_settings()
+    assert settings.convention == "deeplab2"
+    got = PanopticPostProcessor(CITYSCAPES, settings, unroll=unroll)(outputs)
+    for ours, theirs in MAPS:
+        np.testing.assert_array_equal(np.asarray(got[ours]), ref[theirs], err_msg=ours)
+    np.testing.assert_array_equal(np.asarray(got["instance_scores"]), ref["instance_scores"])
+    # Our default convention finds the same segments under other ids.
+    default = PanopticPostProcessor(
+        CITYSCAPES, dataclasses.replace(settings, convention="axial_keras"))(outputs)
+    ours = np.asarray(default["panoptic"]).ravel()
+    pairs = set(zip(ours.tolist(), ref["panoptic_pred"].ravel().tolist()))
+    assert len(pairs) == len(np.unique(ours)) == len(np.unique(ref["panoptic_pred"]))
+    assert (ours != ref["panoptic_pred"].ravel()).sum() > 0
+
+
+@pytest.mark.parametrize("folder", PANOPTIC, ids=os.path.basename)
+def test_converted_model_gives_deeplab2_maps(folder):
+    model = from_deeplab2(os.path.join(folder, "checkpoint"))
+    settings = _cityscapes_settings() if folder == FIXTURE_B else preset_post_processing(model)
+    got = PanopticPredictor(model, model.labels, settings)(
+        np.load(os.path.join(folder, "input.npy")))
+    ref = np.load(os.path.join(folder, "outputs.npz"))
+    allowed = TIE_PIXELS.get(os.path.basename(folder), 0)
+    for ours, theirs in MAPS:
+        assert (np.asarray(got[ours]) != ref[theirs]).sum() <= allowed, ours

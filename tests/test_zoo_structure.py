@@ -85,7 +85,8 @@ def test_cityscapes_model_and_its_imagenet_encoder_match_deeplab2(backbone):
     # ImageNet record is its encoder.
     assert get_variant(backbone) == get_variant(name).backbone
     assert get_variant(name).postprocessing == PostProcessing(
-        center_threshold=0.1, nms_kernel=13, keep_k_centers=400, stuff_area_limit=2048)
+        center_threshold=0.1, nms_kernel=13, keep_k_centers=400, stuff_area_limit=2048,
+        convention="deeplab2")
     assert model.labels == CITYSCAPES
     _assert_same_structure(model.backbone, encoder_shapes, "encoder/")
     assert _trainable(model.backbone) == encoder_summary["trainable_params"]

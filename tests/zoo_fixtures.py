@@ -4,6 +4,7 @@ Shared by the parity tests and the JAX subprocess they start (so it imports no T
 """
 
 import os
+import tarfile
 
 import numpy as np
 
@@ -31,6 +32,14 @@ _HEADS = (("semantic_logits", "semantic_head", "semantic_logits"),
 
 def numeric_path(fixture: str) -> str:
     return os.path.join(ZOO, fixture)
+
+
+def deeplab2_archive(fixture: str, path, folder: str = "ckpt") -> str:
+    """A .tar.gz in deeplab2's layout: one folder holding ckpt-N.index and its shard."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name in ("ckpt-0.index", "ckpt-0.data-00000-of-00001"):
+            tar.add(os.path.join(fixture, "checkpoint", name), arcname=f"{folder}/{name}")
+    return str(path)
 
 
 def float_outputs(model: keras.Model, x: np.ndarray) -> dict:

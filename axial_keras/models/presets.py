@@ -22,6 +22,9 @@ from absl import logging
 
 import keras
 
+from axial_keras.models.registry import get_variant, list_models
+from axial_keras.panoptic.postprocessing import PostProcessingSettings
+
 LICENSE = ("deeplab2 model zoo weights (Google Research), Apache License 2.0, "
            "https://github.com/google-research/deeplab2; trained on Cityscapes / ImageNet, "
            "whose terms apply to the data.")
@@ -186,6 +189,27 @@ def from_preset(name_or_path: str, name: Optional[str] = None, cache_dir: Option
         return from_deeplab2(path, name, **overrides)
     raise ValueError(f"Unknown preset {name_or_path!r} (and no such file or folder). Known "
                      f"presets: {', '.join(list_presets())}.")
+
+
+def preset_post_processing(model: keras.Model) -> PostProcessingSettings:
+    """The post-processing the published numbers of `model`'s registry variant were
+    evaluated with (its `registry.PostProcessing` record, deeplab2's convention).
+
+    Args:
+        model: keras.Model. A panoptic model named as a registry variant (`from_preset`
+            and `from_deeplab2` name their models so).
+
+    Raises:
+        ValueError: for a model whose variant records no post-processing.
+    """
+    recorded = {name: get_variant(name).postprocessing for name in list_models()
+                if getattr(get_variant(name), "postprocessing", None) is not None}
+    record = recorded.get(model.name)
+    if record is None:
+        known = sorted(recorded)
+        raise ValueError(f"Model {model.name!r} is not a registry variant with recorded "
+                         f"post-processing (those are: {', '.join(known)}).")
+    return PostProcessingSettings(**dataclasses.asdict(record))
 
 
 def save_to_preset(model: keras.Model, preset_dir: str) -> None:

@@ -58,12 +58,15 @@ class PostProcessing:
         nms_kernel: int. Max-pool window of the centre non-maximum suppression.
         keep_k_centers: int. Centres kept (highest scores).
         stuff_area_limit: int. Stuff segments smaller than this (pixels) become void.
+        convention: str. The `PostProcessingSettings.convention` that reproduces the maps
+            the published numbers were computed on ("deeplab2" for deeplab2's models).
     """
 
     center_threshold: float = 0.1
     nms_kernel: int = 13
     keep_k_centers: int = 400
     stuff_area_limit: int = 2048
+    convention: str = "deeplab2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +258,8 @@ ZOO_BACKBONES: Mapping[str, AxialResNetConfig] = {
 # deeplab2's Cityscapes evaluator_options (identical in the five configs); the labels are
 # the default, axial_keras.labels.CITYSCAPES (19 classes, things 11-18, divisor 1000).
 CITYSCAPES_POSTPROCESSING = PostProcessing(center_threshold=0.1, nms_kernel=13,
-                                           keep_k_centers=400, stuff_area_limit=2048)
+                                           keep_k_centers=400, stuff_area_limit=2048,
+                                           convention="deeplab2")
 for _name, _config in ZOO_BACKBONES.items():
     register(_name, _config)
 for _name in ("axial_swidernet_1_1_1", "axial_swidernet_1_1_3", "axial_swidernet_1_1_4.5",

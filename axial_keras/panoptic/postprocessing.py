@@ -10,6 +10,18 @@ from keras import ops
 from axial_keras.labels import PanopticLabels
 
 _FAR = 1e30
+# How the maps are numbered and which semantic map is returned.
+CONVENTIONS = {
+    "axial_keras": "the `keep_k_centers` best centres by score; instance i is the i-th best "
+                   "centre and its panoptic id is class * divisor + i (unique across classes); "
+                   "`semantic` is the class of the panoptic map (ignore_label where void).",
+    "deeplab2": "deeplab2's evaluation (model/post_processor/panoptic_deeplab.py, pure-TF "
+                "merge): centres in raster order; with more than `keep_k_centers` peaks only "
+                "those strictly above the k-th best score; nearest centre by float32 "
+                "Euclidean norm (first index on ties); instance i is the i-th centre in raster "
+                "order; panoptic ids number each class's instances 1, 2, ... in order of their "
+                "first pixel (raster order); `semantic` is the plain argmax.",
+}
 
 
 def _max_pool_2d(x, size: int):
@@ -58,6 +70,9 @@ class PostProcessingSettings:
         stuff_area_limit: int. Stuff segments with fewer pixels become void.
         grouping_tile: int. Side of the pixel tiles of the grouping step (speed only:
             every value gives the same result; `PanopticPostProcessor.nearest_center`).
+        convention: str. "axial_keras" (default): centres numbered by score, instances
+            numbered by centre, `semantic` derived from the panoptic map (void where it
+            is void). "deeplab2": deeplab2's evaluation maps bit for bit (`CONVENTIONS`).
     """
 
     center_threshold: float = 0.1
@@ -65,6 +80,7 @@ class PostProcessingSettings:
     keep_k_centers: int = 200
     stuff_area_limit: int = 0
     grouping_tile: int = 32
+    convention: str = "axial_keras"
 
     def __post_init__(self):
         for name in ("nms_kernel", "keep_k_centers", "stuff_area_limit", "grouping_tile"):
@@ -77,6 +93,9 @@ class PostProcessingSettings:
             raise ValueError(f"`keep_k_centers` must be positive, got {self.keep_k_centers!r}.")
         if self.grouping_tile < 1:
             raise ValueError(f"`grouping_tile` must be a positive int, got {self.grouping_tile!r}.")
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"`convention` must be one of {sorted(CONVENTIONS)}, "
+                             f"got {self.convention!r}.")
         object.__setattr__(self, "center_threshold", float(self.center_threshold))
 
     def get_config(self) -> Dict[str, Any]:
@@ -163,20 +182,34 @@ class PanopticPostProcessor:
                    PostProcessingSettings.from_config(config["settings"]), config["unroll"])
 
     def find_centers(self, center_heatmap):
-        """Top-k NMS centres: (scores [B, K], y [B, K], x [B, K], valid [B, K])."""
+        """Top-k NMS centres: (scores [B, K], y [B, K], x [B, K], valid [B, K]).
+
+        Ordered by decreasing score, or in raster order under the "deeplab2" convention.
+        """
         heat = ops.cast(center_heatmap, "float32")
         if len(heat.shape) == 4:
             heat = heat[..., 0]
+        k = self.settings.keep_k_centers
         pooled = _max_pool_2d(heat, self.settings.nms_kernel)
         peak = ops.logical_and(ops.equal(heat, pooled), heat > self.settings.center_threshold)
         shape = ops.shape(heat)
         width = shape[2]
-        scores = ops.reshape(ops.where(peak, heat, -_FAR), (shape[0], -1))
+        peak = ops.reshape(peak, (shape[0], -1))
+        scores = ops.where(peak, ops.reshape(heat, (shape[0], -1)), -_FAR)
         # Pad so top-k works on images with fewer pixels than keep_k_centers.
-        scores = ops.concatenate(
-            [scores, ops.full((shape[0], self.settings.keep_k_centers), -_FAR, dtype="float32")], axis=1)
-        values, index = ops.top_k(scores, self.settings.keep_k_centers, sorted=True)
-        valid = values > self.settings.center_threshold
+        pad = ops.full((shape[0], k), -_FAR, dtype="float32")
+        scores = ops.concatenate([scores, pad], axis=1)
+        if self.settings.convention == "deeplab2":
+            kth = ops.top_k(scores, k, sorted=True)[0][:, k - 1:]
+            few = ops.sum(ops.cast(peak, "int32"), axis=1, keepdims=True) <= k
+            kept = ops.logical_and(scores > -_FAR, ops.logical_or(few, scores > kth))
+            position = ops.cast(ops.arange(ops.shape(scores)[1]), "float32")[None]
+            key, index = ops.top_k(ops.where(kept, -position, -_FAR), k, sorted=True)
+            valid = key > -_FAR
+            values = ops.take_along_axis(scores, index, axis=1)
+        else:
+            values, index = ops.top_k(scores, k, sorted=True)
+            valid = values > self.settings.center_threshold
         index = ops.cast(index, "int32")
         return values, index // width, index % width, valid
 
@@ -184,7 +217,8 @@ class PanopticPostProcessor:
         """Index of the nearest valid centre of every pixel's offset target, [B, H, W] int32.
 
         Equals comparing every pixel with every centre in index order and keeping a
-        strictly smaller squared distance (float32), starting from index 0 at infinite
+        strictly smaller squared distance (float32; under the "deeplab2" convention its
+        square root, as deeplab2's `tf.norm`), starting from index 0 at infinite
         distance; only thing pixels' results are meaningful.
 
         The image is cut into `grouping_tile`-sided tiles. For each tile and centre, the
@@ -244,12 +278,16 @@ class PanopticPostProcessor:
         count = ops.sum(ops.cast(candidate, "int32"), axis=-1)
         order_y = ops.take_along_axis(ops.broadcast_to(cy, ops.shape(order)), order, axis=-1)
         order_x = ops.take_along_axis(ops.broadcast_to(cx, ops.shape(order)), order, axis=-1)
+        euclidean = self.settings.convention == "deeplab2"
+
         def compare(j, state):
             best, best_index = state
             present = (count > j)[..., None]
             y = ops.where(present, ops.take(order_y, j, axis=2)[..., None], _FAR)
             x = ops.where(present, ops.take(order_x, j, axis=2)[..., None], _FAR)
             distance = ops.square(ty - y) + ops.square(tx - x)
+            if euclidean:  # deeplab2 compares norms: a square root can make a tie
+                distance = ops.sqrt(distance)
             closer = distance < best
             # minimum == where(closer, distance, best): a distance is NaN only for a NaN
             # target, and then it is NaN for every centre (the pixel keeps index 0).
@@ -269,6 +307,33 @@ class PanopticPostProcessor:
         nearest = ops.reshape(ops.transpose(nearest, (0, 1, 3, 2, 4)),
                               (batch, tiles_y * tile, tiles_x * tile))
         return nearest[:, :height, :width]
+
+    def _numbers_in_class(self, instance, instance_class, counts):
+        """deeplab2's instance numbers, [B, K + 1] int32: 1, 2, ... within each class, in
+        order of every instance's first pixel in raster order (slot 0: unused).
+
+        Args:
+            instance: int32 [B, H, W]. Instance slot of every pixel (0: none).
+            instance_class: int32 [B, K + 1]. Class of every slot.
+            counts: float32 [B, K + 1, C]. Pixels of every (slot, class).
+        """
+        shape = ops.shape(instance)
+        batch, pixels = shape[0], shape[1] * shape[2]
+        slots = self.settings.keep_k_centers + 1
+        image = ops.arange(batch, dtype="int32")[:, None]
+        position = ops.cast(ops.arange(pixels), "float32")[None]
+        # First pixel of every slot, as minus the largest negated position.
+        first = -ops.segment_max(
+            ops.reshape(ops.broadcast_to(-position, (batch, pixels)), (-1,)),
+            ops.reshape(image * slots + ops.reshape(instance, (batch, pixels)), (-1,)),
+            num_segments=batch * slots)
+        first = ops.reshape(first, (batch, slots))
+        present = ops.logical_and(ops.sum(counts, axis=-1) > 0,
+                                  ops.arange(slots, dtype="int32")[None] > 0)
+        before = ops.logical_and(
+            ops.logical_and(present[:, None, :], first[:, None, :] < first[:, :, None]),
+            ops.equal(instance_class[:, None, :], instance_class[:, :, None]))  # [B, i, j]
+        return 1 + ops.sum(ops.cast(before, "int32"), axis=-1)
 
     def __call__(self, outputs: Dict) -> Dict:
         """Post-processes a batch.
@@ -325,12 +390,18 @@ class PanopticPostProcessor:
         void = self.labels.void_id
         instance_ids = ops.arange(k + 1, dtype="int32")[None, :, None]
         class_ids = ops.arange(num_classes, dtype="int32")[None, None, :]
+        numbers = instance_ids
+        if self.settings.convention == "deeplab2":
+            numbers = self._numbers_in_class(instance, instance_class, counts)[:, :, None]
         table = ops.where(instance_ids > 0,
-                          instance_class[:, :, None] * self.labels.label_divisor + instance_ids,
+                          instance_class[:, :, None] * self.labels.label_divisor + numbers,
                           ops.where(big_stuff[:, None, :], class_ids * self.labels.label_divisor, void))
         panoptic = ops.take(ops.reshape(table, (-1,)), segment)
-        out_semantic = ops.where(ops.equal(panoptic, void), self.labels.ignore_label,
-                                 panoptic // self.labels.label_divisor)
+        if self.settings.convention == "deeplab2":
+            out_semantic = semantic
+        else:
+            out_semantic = ops.where(ops.equal(panoptic, void), self.labels.ignore_label,
+                                     panoptic // self.labels.label_divisor)
         score_table = ops.concatenate([ops.zeros((batch, 1), "float32"),
                                        ops.where(valid, scores, 0.0)], axis=1)
         instance_scores = ops.take(ops.reshape(score_table, (-1,)), image * (k + 1) + instance)
