@@ -39,8 +39,7 @@ TIE_PIXELS = {"max_deeplab_s_backbone_w0.25": 1}
 
 def _cityscapes_settings() -> PostProcessingSettings:
     """The settings of the zoo's `*_os16` variants, from their registry record."""
-    record = get_variant("axial_swidernet_1_1_1_os16").postprocessing
-    return PostProcessingSettings(**dataclasses.asdict(record))
+    return get_variant("axial_swidernet_1_1_1_os16").postprocessing
 
 
 @pytest.mark.parametrize("fixture", sorted(NUMERIC))

@@ -15,7 +15,8 @@ import keras
 from axial_keras.models import get_model
 from axial_keras.models.convert import read_architecture, recognise, weight_keys
 from axial_keras.labels import CITYSCAPES
-from axial_keras.models.registry import PostProcessing, get_variant
+from axial_keras.models.registry import get_variant
+from axial_keras.panoptic import PostProcessingSettings
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                      "shared", "fixtures", "deeplab2_zoo", "structure"))
@@ -84,7 +85,7 @@ def test_cityscapes_model_and_its_imagenet_encoder_match_deeplab2(backbone):
     # The registry's backbone variant is the panoptic model's backbone, as data; the
     # ImageNet record is its encoder.
     assert get_variant(backbone) == get_variant(name).backbone
-    assert get_variant(name).postprocessing == PostProcessing(
+    assert get_variant(name).postprocessing == PostProcessingSettings(
         center_threshold=0.1, nms_kernel=13, keep_k_centers=400, stuff_area_limit=2048,
         convention="deeplab2")
     assert model.labels == CITYSCAPES

@@ -193,7 +193,7 @@ def from_preset(name_or_path: str, name: Optional[str] = None, cache_dir: Option
 
 def preset_post_processing(model: keras.Model) -> PostProcessingSettings:
     """The post-processing the published numbers of `model`'s registry variant were
-    evaluated with (its `registry.PostProcessing` record, deeplab2's convention).
+    evaluated with (its registry variant's `postprocessing`, deeplab2's convention).
 
     Args:
         model: keras.Model. A panoptic model named as a registry variant (`from_preset`
@@ -209,7 +209,7 @@ def preset_post_processing(model: keras.Model) -> PostProcessingSettings:
         known = sorted(recorded)
         raise ValueError(f"Model {model.name!r} is not a registry variant with recorded "
                          f"post-processing (those are: {', '.join(known)}).")
-    return PostProcessingSettings(**dataclasses.asdict(record))
+    return record
 
 
 def save_to_preset(model: keras.Model, preset_dir: str) -> None:

@@ -15,6 +15,7 @@ from axial_keras.layers.axial_attention import CHUNK_ELEMENTS
 from axial_keras.models.axial_deeplab import OUTPUT_STRIDE, AxialDeepLab
 from axial_keras.models.axial_resnet_backbone import AxialResNetBackbone
 from axial_keras.models.axial_resnet_classifier import AxialResNetClassifier
+from axial_keras.panoptic.postprocessing import PostProcessingSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,26 +51,6 @@ class AxialResNetConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PostProcessing:
-    """The panoptic post-processing a variant's published numbers were evaluated with.
-
-    Attributes:
-        center_threshold: float. Minimum raw centre-heatmap score of an instance centre.
-        nms_kernel: int. Max-pool window of the centre non-maximum suppression.
-        keep_k_centers: int. Centres kept (highest scores).
-        stuff_area_limit: int. Stuff segments smaller than this (pixels) become void.
-        convention: str. The `PostProcessingSettings.convention` that reproduces the maps
-            the published numbers were computed on ("deeplab2" for deeplab2's models).
-    """
-
-    center_threshold: float = 0.1
-    nms_kernel: int = 13
-    keep_k_centers: int = 400
-    stuff_area_limit: int = 2048
-    convention: str = "deeplab2"
-
-
-@dataclasses.dataclass(frozen=True)
 class AxialDeepLabConfig:
     """An Axial-DeepLab variant: its backbone config, the `AxialDeepLab` widths and (for the
     published models) the post-processing their numbers were evaluated with."""
@@ -87,7 +68,7 @@ class AxialDeepLabConfig:
     momentum: float = 0.99
     epsilon: float = 1e-3
     synchronized_bn: bool = False
-    postprocessing: Optional[PostProcessing] = None
+    postprocessing: Optional[PostProcessingSettings] = None
 
 
 ModelConfig = Union[AxialResNetConfig, AxialDeepLabConfig]
@@ -257,9 +238,10 @@ ZOO_BACKBONES: Mapping[str, AxialResNetConfig] = {
 }
 # deeplab2's Cityscapes evaluator_options (identical in the five configs); the labels are
 # the default, axial_keras.labels.CITYSCAPES (19 classes, things 11-18, divisor 1000).
-CITYSCAPES_POSTPROCESSING = PostProcessing(center_threshold=0.1, nms_kernel=13,
-                                           keep_k_centers=400, stuff_area_limit=2048,
-                                           convention="deeplab2")
+# The post-processing deeplab2's Cityscapes numbers were evaluated with, in its convention.
+CITYSCAPES_POSTPROCESSING = PostProcessingSettings(center_threshold=0.1, nms_kernel=13,
+                                                   keep_k_centers=400, stuff_area_limit=2048,
+                                                   convention="deeplab2")
 for _name, _config in ZOO_BACKBONES.items():
     register(_name, _config)
 for _name in ("axial_swidernet_1_1_1", "axial_swidernet_1_1_3", "axial_swidernet_1_1_4.5",
