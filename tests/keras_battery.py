@@ -46,7 +46,10 @@ def _fit_lowers_loss(model, x, steps=8):
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
     losses = [float(np.sum(model.train_on_batch(x, y))) for _ in range(steps)]
     assert np.all(np.isfinite(losses)), losses
-    assert losses[-1] < losses[0], f"fit did not lower the loss: {losses}"
+    # A drop-path layer may drop every sample's residual branch in one step, which gives
+    # back exactly the first step's loss (the branch starts at zero: gamma-0 batch norm),
+    # so the check is that training reaches a lower loss, not that the last step is lower.
+    assert min(losses[1:]) < losses[0], f"fit did not lower the loss: {losses}"
 
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
