@@ -165,8 +165,9 @@ def help_text(usage: Optional[str], flag_names: Sequence[str]) -> str:
 
     values = flags.FLAGS
     names = set(flag_names)
-    modules = [module for module, module_flags in values.flags_by_module_dict().items()
-               if names & {flag.name for flag in module_flags}]
+    # Sorted, so the text does not depend on which modules registered flags first.
+    modules = sorted(module for module, module_flags in values.flags_by_module_dict().items()
+                     if names & {flag.name for flag in module_flags})
     listed = "\n".join(values.module_help(module).strip("\n") for module in modules)
     logging_help = textwrap.fill(
         "--verbosity (-v): logging level: -1 warnings only, 0 (the default) information, "

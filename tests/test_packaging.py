@@ -163,15 +163,24 @@ def test_installed_wheel_runs_a_model_outside_the_checkout(venv, tmp_path):
     np.testing.assert_allclose(logits, np.array(want["logits"]), rtol=1e-5, atol=1e-6)
 
 
-def _defined_flags(module: str) -> set:
-    """The flag names `module`'s `define_flags` defines, read from its source."""
+def _defined_flags(module: str, function_name: str = "define_flags") -> set:
+    """The flag names `module`'s `define_flags` defines, read from its source (following
+    the flag-defining helpers it calls, e.g. `export.saved_model.define_preset_flags`)."""
     path = os.path.join(REPO, *module.split(".")) + ".py"
     tree = ast.parse(open(path, encoding="utf-8").read())
     (function,) = [node for node in tree.body
-                   if isinstance(node, ast.FunctionDef) and node.name == "define_flags"]
-    return {node.args[0].value for node in ast.walk(function)
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr.startswith("DEFINE_")}
+                   if isinstance(node, ast.FunctionDef) and node.name == function_name]
+    imported = {alias.name: node.module for node in tree.body
+                if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+    names = set()
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Attribute) and node.func.attr.startswith("DEFINE_"):
+            names.add(node.args[0].value)
+        elif isinstance(node.func, ast.Name) and node.func.id.startswith("define_"):
+            names |= _defined_flags(imported.get(node.func.id, module), node.func.id)
+    return names
 
 
 HELP_OF_EVERY_COMMAND = """
@@ -217,7 +226,9 @@ def test_console_commands_list_their_flags(venv, tmp_path):
     assert not TF_CPP_LINE.search(predict.stdout + predict.stderr), predict.stderr
     assert _listed_flags(predict.stdout) == {
         "model": "A SavedModel directory, .tflite or .onnx file.",
-        "output_dir": "Where the PNGs and segment lists go."}
+        "output_dir": "Where the PNGs and segment lists go.",
+        "preset": "A model zoo preset name, or a local deeplab2 .tar.gz, checkpoint,",
+        "spans": "Attention span per stage for --preset, e.g. none,65,65,65,65 (the"}
     helps = json.loads(_run([os.path.join(venv, "bin", "python"), "-c",
                              HELP_OF_EVERY_COMMAND, json.dumps(modules)],
                             cwd=tmp_path, env=_clean_env()).stdout)
