@@ -202,11 +202,11 @@ def preset_post_processing(model: keras.Model) -> PostProcessingSettings:
     Raises:
         ValueError: for a model whose variant records no post-processing.
     """
-    recorded = {name: get_variant(name).postprocessing for name in list_models()
-                if getattr(get_variant(name), "postprocessing", None) is not None}
-    record = recorded.get(model.name)
+    record = (getattr(get_variant(model.name), "postprocessing", None)
+              if model.name in list_models() else None)
     if record is None:
-        known = sorted(recorded)
+        known = sorted(name for name in list_models()
+                       if getattr(get_variant(name), "postprocessing", None) is not None)
         raise ValueError(f"Model {model.name!r} is not a registry variant with recorded "
                          f"post-processing (those are: {', '.join(known)}).")
     return record
