@@ -1,6 +1,7 @@
 """The embedded digits data and a first real learning result with model.fit."""
 
 import numpy as np
+import pytest
 
 from axial_keras.data import load_digits
 from axial_keras.demo import train_digits
@@ -15,6 +16,7 @@ def test_digits_split_is_fixed_and_stratified():
     np.testing.assert_array_equal(x_train, x_again)
 
 
+@pytest.mark.long
 def test_tiny_axial_resnet_learns_digits_with_fit():
     _, accuracy, _ = train_digits("axial_resnet_tiny", epochs=3, verbose=0)
     assert accuracy >= 0.85, accuracy  # chance is 0.1; 12 epochs reach ~0.98

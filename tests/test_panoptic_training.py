@@ -13,6 +13,8 @@ from axial_keras.models import get_model
 from axial_keras.panoptic import PanopticDeepLabLoss, PanopticPredictor
 from axial_keras.saving import read_model_artifacts
 
+pytestmark = pytest.mark.long  # each test traces and runs a panoptic training step
+
 
 def _model():
     return get_model("axial_deeplab_tiny", labels=DIGITS_PANOPTIC)

@@ -63,6 +63,7 @@ def copy_of(model_dir: str, tmp_path) -> str:
     return target
 
 
+@pytest.mark.long
 def test_panoptic_train_and_eval_writes_checkpoints_summaries_and_best(tmp_path, caplog):
     from absl import logging as absl_logging
 
@@ -218,6 +219,7 @@ def test_sigkill_then_rerun_resumes_with_identical_state(reference, tmp_path):
     assert first_loss(model_dir)[0] == 1
 
 
+@pytest.mark.long
 def test_two_mirrored_cpu_replicas_match_one_replica_and_sigterm_saves(reference, tmp_path):
     """Two logical CPUs: the first-step loss of the same global batch equals one replica's;
     then SIGTERM makes the run save a checkpoint and exit 0."""
@@ -261,6 +263,7 @@ def free_ports(count: int):
     return ports
 
 
+@pytest.mark.long
 def test_two_workers_finish_and_agree_on_the_final_weights(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     model_dir = str(tmp_path / "model")
@@ -414,6 +417,7 @@ def tiny_paper_experiment(name: str, records: str, *overrides: str):
         *overrides])
 
 
+@pytest.mark.long
 def test_cityscapes_experiment_trains_and_evaluates_on_converted_records(tmp_path):
     records = converted_records("cityscapes", tmp_path)
     config = tiny_paper_experiment("cityscapes_panoptic_axial_deeplab_l", records)
