@@ -15,7 +15,7 @@ import json
 import math
 import os
 import statistics
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 
@@ -32,8 +32,7 @@ POSTPROCESS_TARGET_MS = 100.0
 # This project's own targets.
 PEAK_FRACTION_TARGET = 0.35
 DEEPLAB_MEMORY_TARGET_GIB = 16.0
-_VARIANT_NAMES = {"graph": "tf.function", "xla": "XLA",
-                  "keras": "Keras user path"}
+_VARIANT_NAMES = {"graph": "tf.function", "xla": "XLA", "keras": "Keras user path"}
 
 
 def _avx512f(baseline: Dict) -> bool:
@@ -94,11 +93,13 @@ def choose_baseline(path: str, avx512f: bool) -> Dict:
 
 
 def _processes(results: Dict) -> List[Dict]:
-    """Every measured process's result that carries a yardstick."""
+    """Every measured process's result (each carries its yardstick)."""
     found = []
-    for value in results.values():
+    for key, value in results.items():
+        if key == "figures":
+            continue
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, dict) and "matmul_gflops" in item:
+            if isinstance(item, dict) and "matmul_size" in item:
                 found.append(item)
     return found
 
@@ -159,7 +160,8 @@ def log_log_slope(points: List[Dict]) -> Optional[float]:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
 
 
-def _lookup(data: Optional[Dict], *keys: str) -> Optional[float]:
+def _lookup(data: Any, *keys: str) -> Any:
+    """`data[key0][key1]...`, or None where a level is missing."""
     for key in keys:
         if not isinstance(data, dict) or key not in data:
             return None
@@ -168,8 +170,8 @@ def _lookup(data: Optional[Dict], *keys: str) -> Optional[float]:
 
 
 def _variant(run: Dict) -> str:
-    name = _VARIANT_NAMES.get(run.get("variant", "graph"), run.get("variant"))
-    if run.get("variant") == "keras":
+    name = _VARIANT_NAMES[run["variant"]]
+    if run["variant"] == "keras":
         name += f", jit_compile={run['jit_compile']}"
     return name
 
@@ -241,7 +243,7 @@ def figures(results: Dict) -> List[Dict]:
         table.add(f"{run['model']} {run['height']}x{run['width']} forward, spans "
                   f"{_spans(run['spans'])}: peak memory", run["peak_rss_gib"], "GiB",
                   DEEPLAB_MEMORY_TARGET_GIB, "<=", run["matmul_gflops"],
-                  f"{run['seconds_per_image']:.1f} s/image")
+                  f"{run['seconds_per_image']:.2f} s/image")
     _zoo_figures(results.get("zoo_export", []), data, table)
     if "postprocess" in results:
         run = results["postprocess"]
@@ -345,7 +347,7 @@ def _zoo_figures(runs: List[Dict], data: Optional[Dict], table: _Rows) -> None:
         table.versus(f"{label}: {what} s/image (post-processing included)",
                      run["seconds_per_image"], "s", _lookup(theirs, "seconds_per_image_median"),
                      ZOO_TIME_TARGET if served else None, "<=", run,
-                     f"CPU {run['cpu_median_s']:.1f} s/image")
+                     f"CPU {run['cpu_median_s']:.2f} s/image")
         table.versus(f"{label}: {what} peak memory", run["peak_rss_gib"], "GiB",
                      _lookup(theirs, "peak_rss_gib"), ZOO_MEMORY_TARGET if served else None,
                      "<=", run, f"{run['loaded_rss_gib']:.2f} GiB after loading")

@@ -296,23 +296,25 @@ def zoo_export(model: str, variant: str, height: int, width: int,
     overrides = dict(TINY_ZOO) if tiny else {}
     if spans is not None:
         overrides["backbone"] = {**overrides.get("backbone", {}), "spans": tuple(spans)}
-    net = get_model(model, **overrides)
-    params = int(sum(np.prod(v.shape) for v in net.trainable_weights))
-    madds = net.madds((1, height, width, 3))
     times = {}
+    with tempfile.TemporaryDirectory() as preset:
+        net = get_model(model, **overrides)
+        params = int(sum(np.prod(v.shape) for v in net.trainable_weights))
+        madds = net.madds((1, height, width, 3))
+        save_to_preset(net, preset)
+        del net  # the export loads its own copies: keep one less in memory
 
-    def run():
-        with tempfile.TemporaryDirectory() as preset:
-            save_to_preset(net, preset)
+        def run():
             start = time.perf_counter()
             export_preset(preset, saved_model_dir)
             times["export_s"] = time.perf_counter() - start
-        if tflite_path:
-            start = time.perf_counter()
-            tflite.write_tflite(saved_model_dir, tflite_path, "none", input_size=(height, width))
-            times["litert_convert_s"] = time.perf_counter() - start
+            if tflite_path:
+                start = time.perf_counter()
+                tflite.write_tflite(saved_model_dir, tflite_path, "none",
+                                    input_size=(height, width))
+                times["litert_convert_s"] = time.perf_counter() - start
 
-    _, peaks = _peak_around(run, matmul_size)
+        _, peaks = _peak_around(run, matmul_size)
     result = {"stage": "export", "model": model, "variant": variant, "tiny": tiny,
               "height": height, "width": width, "spans": None if spans is None else list(spans),
               "trainable_params": params, "madds_per_image": madds, **times,

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from axial_keras.models import get_model
-from benchmarks import report, run, scene
+from benchmarks import report, run, scene, sections
 
 SECTIONS = ("forward", "train", "attention", "postprocess", "deeplab", "deeplab_train",
             "profile", "zoo_export")
@@ -105,12 +105,8 @@ def test_deeplab_train_and_the_zoo_export_run_their_quick_stand_ins(quick_run):
     assert (export["model"], export["tiny"], export["height"], export["width"]) == (
         "axial_swidernet_1_1_1_os16", True, 65, 129)
     assert export["spans"] == [None, 5, 5, 5, 5]
-    tiny = get_model("axial_swidernet_1_1_1_os16", backbone={"width_multiplier": 0.125,
-                     "stem_width_multiplier": 0.125, "num_blocks": (1, 1, 1, 1)},
-                     projection_channels=32, semantic_decoder_channels=32,
-                     semantic_low_level_channels=(16, 8), semantic_head_channels=32,
-                     instance_projection_channels=32, instance_decoder_channels=16,
-                     instance_low_level_channels=(8, 4), instance_head_channels=16)
+    tiny = get_model("axial_swidernet_1_1_1_os16", **{**sections.TINY_ZOO, "backbone": {
+        **sections.TINY_ZOO["backbone"], "spans": (None, 5, 5, 5, 5)}})
     assert export["trainable_params"] == sum(int(np.prod(v.shape)) for v in tiny.trainable_weights)
     assert export["madds_per_image"] == tiny.madds((1, 65, 129, 3))
     assert export["saved_model_bytes"] > export["trainable_params"] * 4
