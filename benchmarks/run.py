@@ -153,7 +153,9 @@ def _variants(values: List[str], flag: str) -> List[str]:
 
 
 def plan(values, zoo_dir: str) -> List[Dict]:
-    """The measured configurations: [{"section": name, "kwargs": {...}}, ...].
+    """The measured configurations: [{"section": worker, "kwargs": {...}}, ...]; a job
+    whose result goes under another key of the results than its worker's name says so in
+    `"key"`.
 
     Args:
         values: the parsed flags.
