@@ -1,10 +1,12 @@
 """Timing, memory and profiling primitives of the performance harness (TensorFlow).
 
 - `time_calls`: wall time of repeated calls of a compiled function, warm-up excluded,
-  each call finished by copying its outputs to NumPy.
+  each call finished by copying its outputs to NumPy, and the process's CPU time of each
+  (on a shared machine the CPU seconds drift much less than the wall seconds).
 - `matmul_peak_gflops`: this machine's float32 matmul rate right now (a 2048 x 2048
   `tf.matmul` by default), the yardstick every model figure is divided by, because a shared
   machine's absolute speed drifts from minute to minute.
+- `cpu_flags`: the instruction-set flags of this machine's CPU (`/proc/cpuinfo`).
 - `peak_rss_bytes`: the process's resident-memory high-water mark (`VmHWM`), so each
   measured configuration runs in a fresh process.
 - `op_type_shares`: where the time of one call goes, per TensorFlow op type, from the
@@ -17,7 +19,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, FrozenSet, List
 
 import numpy as np
 import tensorflow as tf
@@ -34,8 +36,9 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Dict:
     """Seconds per call of `fn` over `repeats` timed calls after `warmup` untimed ones.
 
     Returns:
-        dict with `median_s`, `min_s`, `max_s`, `seconds` (every timed call) and
-        `first_call_s` (the first warm-up call: tracing and graph optimization).
+        dict with `median_s`, `min_s`, `max_s`, `seconds` (every timed call),
+        `cpu_seconds` (the process's user + system CPU seconds of each), `cpu_median_s`
+        and `first_call_s` (the first warm-up call: tracing and graph optimization).
     """
     first = None
     for i in range(warmup):
@@ -43,13 +46,15 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Dict:
         finish(fn())
         if i == 0:
             first = time.perf_counter() - start
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         finish(fn())
         seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
     return {"median_s": statistics.median(seconds), "min_s": min(seconds),
-            "max_s": max(seconds), "seconds": seconds, "first_call_s": first}
+            "max_s": max(seconds), "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "cpu_median_s": statistics.median(cpu_seconds), "first_call_s": first}
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
@@ -59,6 +64,19 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype: str = "float3
     matmul = tf.function(tf.matmul)
     timing = time_calls(lambda: matmul(a, b), repeats=repeats, warmup=2)
     return 2.0 * size ** 3 / timing["median_s"] / 1e9
+
+
+def cpu_flags() -> FrozenSet[str]:
+    """The CPU's instruction-set flags (`avx2`, `avx512f`, ...) from /proc/cpuinfo; empty
+    where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def peak_rss_bytes() -> int:

@@ -5,6 +5,8 @@ after, in the same process, so its figures can be read as fractions of what the 
 delivered at that moment.
 """
 
+import os
+import tempfile
 import time
 from typing import Dict, Optional, Sequence
 
@@ -14,10 +16,27 @@ import tensorflow as tf
 
 from axial_keras.layers import AxialAttention
 from axial_keras.models import get_model
-from axial_keras.panoptic import PanopticPostProcessor
+from axial_keras.models.presets import save_to_preset
+from axial_keras.panoptic import PanopticDeepLabLoss, PanopticPostProcessor
 from benchmarks import measure, scene
+from export import tflite
+from export.runtime import load_exported
+from export.saved_model import export_preset
 
 GIB = 1024.0 ** 3
+# How a forward or train step runs: `tf.function`, with XLA, or through Keras' own
+# `predict_on_batch` / `compile` + `train_on_batch`.
+VARIANTS = ("graph", "xla", "keras")
+# The quick run's stand-in for a zoo model: 1/8 of the widths, one block per stage, narrow
+# Panoptic-DeepLab heads (about 0.8 M parameters instead of 138 M).
+TINY_ZOO = {
+    "backbone": {"width_multiplier": 0.125, "stem_width_multiplier": 0.125,
+                 "num_blocks": (1, 1, 1, 1)},
+    "projection_channels": 32, "semantic_decoder_channels": 32,
+    "semantic_low_level_channels": (16, 8), "semantic_head_channels": 32,
+    "instance_projection_channels": 32, "instance_decoder_channels": 16,
+    "instance_low_level_channels": (8, 4), "instance_head_channels": 16,
+}
 
 
 def _peak_around(run, matmul_size: int):
@@ -27,6 +46,11 @@ def _peak_around(run, matmul_size: int):
     after = measure.matmul_peak_gflops(matmul_size)
     return result, {"matmul_size": matmul_size, "matmul_gflops_before": before,
                     "matmul_gflops_after": after, "matmul_gflops": (before + after) / 2.0}
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
 
 
 def _set_policy(dtype: str) -> None:
@@ -40,60 +64,95 @@ def _classifier(model: str, output_stride: Optional[int]):
     return get_model(model, **kwargs)
 
 
+def _timed_forward(net, images, variant: str):
+    """(call, resolved jit_compile) of one inference variant (`VARIANTS`)."""
+    if variant == "keras":
+        return (lambda: net.predict_on_batch(images)), bool(net.jit_compile)
+    jit_compile = variant == "xla"
+    step = tf.function(lambda x: net(x, training=False), jit_compile=jit_compile)
+    return (lambda: step(images)), jit_compile
+
+
 def forward(model: str, size: int, batch: int, output_stride: Optional[int] = None,
-            dtype: str = "float32", jit_compile: bool = False, repeats: int = 5,
+            dtype: str = "float32", variant: str = "graph", repeats: int = 5,
             warmup: Optional[int] = None, matmul_size: int = 2048) -> Dict:
     """Inference images/s of a registry classifier, achieved GFLOP/s and peak memory.
 
-    `warmup` defaults to 2 untimed calls, 5 with XLA: its first few calls on CPU are
-    up to 2x slower than the steady state (measured here).
+    Args:
+        variant: str. One of `VARIANTS`: `graph` is `tf.function`, `xla` the same with
+            `jit_compile=True`, `keras` the user path `model.predict_on_batch` (the
+            model's own `jit_compile`, recorded as resolved).
+        warmup: int or None. Untimed calls; None: 2, or 5 with XLA (its first few calls
+            on CPU are up to 2x slower than the steady state, measured here).
     """
-    if warmup is None:
-        warmup = 5 if jit_compile else 2
+    _check_variant(variant)
     _set_policy(dtype)
     net = _classifier(model, output_stride)
     images = tf.random.stateless_normal((batch, size, size, 3), seed=(0, 1))
-    step = tf.function(lambda x: net(x, training=False), jit_compile=jit_compile)
-    timing, peaks = _peak_around(lambda: measure.time_calls(lambda: step(images), repeats,
-                                                             warmup), matmul_size)
+    call, jit_compile = _timed_forward(net, images, variant)
+    if warmup is None:
+        warmup = 5 if jit_compile else 2
+    timing, peaks = _peak_around(lambda: measure.time_calls(call, repeats, warmup),
+                                 matmul_size)
     madds = net.madds((1, size, size, 3))
     images_per_s = batch / timing["median_s"]
     gflops = 2.0 * madds * images_per_s / 1e9
     return {"model": model, "size": size, "batch": batch, "output_stride": net.backbone.output_stride,
-            "dtype": dtype, "jit_compile": jit_compile, "images_per_s": images_per_s,
-            "madds_per_image": madds, "gflops": gflops,
+            "dtype": dtype, "variant": variant, "jit_compile": jit_compile,
+            "images_per_s": images_per_s, "madds_per_image": madds, "gflops": gflops,
             "peak_fraction": gflops / peaks["matmul_gflops"], **peaks, **timing,
             "peak_rss_gib": measure.peak_rss_bytes() / GIB}
 
 
 def train(model: str, size: int, batch: int, output_stride: Optional[int] = 16,
-          dtype: str = "float32", jit_compile: bool = False, repeats: int = 3,
-          warmup: int = 1, matmul_size: int = 2048) -> Dict:
-    """Training-step images/s (SGD with momentum, softmax cross-entropy) and peak memory."""
+          dtype: str = "float32", variant: str = "graph", repeats: int = 3,
+          warmup: Optional[int] = None, matmul_size: int = 2048) -> Dict:
+    """Training-step images/s (SGD with momentum, softmax cross-entropy) and peak memory.
+
+    Args:
+        variant: str. One of `VARIANTS`: `graph` is the harness's own step (forward,
+            `tape.gradient`, `optimizer.apply` in one `tf.function`), `xla` the same with
+            `jit_compile=True`, `keras` the user path (`model.compile` with its default
+            `jit_compile="auto"`, then `train_on_batch`; the resolved setting is recorded).
+        warmup: int or None. Untimed steps; None: 1, or 2 with XLA.
+    """
+    _check_variant(variant)
     _set_policy(dtype)
     net = _classifier(model, output_stride)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    if dtype == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(net.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     images = tf.random.stateless_normal((batch, size, size, 3), seed=(0, 1))
     labels = tf.random.stateless_uniform((batch,), seed=(2, 3), maxval=1000, dtype=tf.int32)
+    if variant == "keras":
+        net.compile(optimizer=optimizer, loss=loss_fn)
+        jit_compile, requested = bool(net.jit_compile), "auto"
 
-    @tf.function(jit_compile=jit_compile)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, net(x, training=True))
-        grads = tape.gradient(optimizer.scale_loss(loss), net.trainable_variables)
-        optimizer.apply(grads, net.trainable_variables)
-        return loss
+        def call():
+            return net.train_on_batch(images, labels)
+    else:
+        jit_compile = requested = variant == "xla"
+        if dtype == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(net.trainable_variables)
 
-    timing, peaks = _peak_around(lambda: measure.time_calls(lambda: step(images, labels),
-                                                             repeats, warmup), matmul_size)
+        @tf.function(jit_compile=jit_compile)
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, net(x, training=True))
+            grads = tape.gradient(optimizer.scale_loss(loss), net.trainable_variables)
+            optimizer.apply(grads, net.trainable_variables)
+            return loss
+
+        def call():
+            return step(images, labels)
+    if warmup is None:
+        warmup = 2 if jit_compile else 1
+    timing, peaks = _peak_around(lambda: measure.time_calls(call, repeats, warmup), matmul_size)
     madds = net.madds((1, size, size, 3))
     images_per_s = batch / timing["median_s"]
     return {"model": model, "size": size, "batch": batch, "output_stride": net.backbone.output_stride,
-            "dtype": dtype, "jit_compile": jit_compile, "optimizer": "SGD(0.01, momentum=0.9)",
+            "dtype": dtype, "variant": variant, "jit_compile": jit_compile,
+            "jit_compile_requested": requested, "optimizer": "SGD(0.01, momentum=0.9)",
             "images_per_s": images_per_s, "madds_per_image": madds, **peaks, **timing,
             "peak_rss_gib": measure.peak_rss_bytes() / GIB}
 
@@ -175,6 +234,119 @@ def deeplab(model: str, height: int, width: int, spans: Sequence[Optional[int]],
             "rss_before_gib": before / GIB, **peaks, **timing}
 
 
+def deeplab_train(model: str, height: int, width: int, batch: int,
+                  spans: Sequence[Optional[int]], instances: int = 20, repeats: int = 3,
+                  warmup: int = 1, matmul_size: int = 2048) -> Dict:
+    """Training-step images/s and peak memory of a registry Axial-DeepLab on crops.
+
+    One `tf.function` step: the model in training mode, `PanopticDeepLabLoss` (its
+    targets built from the labels inside the step, as the trainer does) on synthetic
+    street-like panoptic labels (`scene.street_panoptic`, `instances` things per image),
+    `tape.gradient`, SGD(0.01, momentum 0.9).
+    """
+    net = get_model(model, backbone={"spans": tuple(spans)})
+    labels = net.labels
+    loss_fn = PanopticDeepLabLoss(labels)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer.build(net.trainable_variables)
+    images = tf.random.stateless_uniform((batch, height, width, 3), seed=(0, 1), maxval=255.0)
+    panoptic = tf.constant(np.stack([scene.street_panoptic(
+        height, width, labels.num_classes, labels.thing_class_ids, instances,
+        labels.label_divisor, seed=i) for i in range(batch)]))
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, net(x, training=True))
+        grads = tape.gradient(loss, net.trainable_variables)
+        optimizer.apply(grads, net.trainable_variables)
+        return loss
+
+    timing, peaks = _peak_around(lambda: measure.time_calls(lambda: step(images, panoptic),
+                                                             repeats, warmup), matmul_size)
+    return {"model": model, "height": height, "width": width, "batch": batch,
+            "spans": list(spans), "instances": instances, "loss": "PanopticDeepLabLoss",
+            "optimizer": "SGD(0.01, momentum=0.9)", "images_per_s": batch / timing["median_s"],
+            "madds_per_image": net.madds((1, height, width, 3)), **peaks, **timing,
+            "peak_rss_gib": measure.peak_rss_bytes() / GIB}
+
+
+def _directory_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(path) for name in names)
+
+
+def zoo_export(model: str, variant: str, height: int, width: int,
+               spans: Optional[Sequence[Optional[int]]], saved_model_dir: str,
+               tflite_path: Optional[str] = None, tiny: bool = False,
+               matmul_size: int = 2048) -> Dict:
+    """Exports a registry zoo model (random weights) the way a preset is exported.
+
+    The model is written as a preset folder (`presets.save_to_preset`) and exported with
+    `export.saved_model.export_preset` (the `--preset` path: the model rebuilt for export,
+    its recorded post-processing, both signatures); then, with `tflite_path`, converted to
+    LiteRT float32 at `height` x `width` (`export.tflite.write_tflite`).
+
+    Args:
+        variant: str. The name the results carry (`global`, `local`).
+        spans: attention spans per stage, or None for the model's own (global).
+        tiny: bool. The quick run's stand-in: the same registry variant (so its recorded
+            post-processing applies) at `TINY_ZOO` widths.
+    """
+    overrides = dict(TINY_ZOO) if tiny else {}
+    if spans is not None:
+        overrides["backbone"] = {**overrides.get("backbone", {}), "spans": tuple(spans)}
+    times = {}
+    with tempfile.TemporaryDirectory() as preset:
+        net = get_model(model, **overrides)
+        params = int(sum(np.prod(v.shape) for v in net.trainable_weights))
+        madds = net.madds((1, height, width, 3))
+        save_to_preset(net, preset)
+        del net  # the export loads its own copies: keep one less in memory
+
+        def run():
+            start = time.perf_counter()
+            export_preset(preset, saved_model_dir)
+            times["export_s"] = time.perf_counter() - start
+            if tflite_path:
+                start = time.perf_counter()
+                tflite.write_tflite(saved_model_dir, tflite_path, "none",
+                                    input_size=(height, width))
+                times["litert_convert_s"] = time.perf_counter() - start
+
+        _, peaks = _peak_around(run, matmul_size)
+    result = {"stage": "export", "model": model, "variant": variant, "tiny": tiny,
+              "height": height, "width": width, "spans": None if spans is None else list(spans),
+              "trainable_params": params, "madds_per_image": madds, **times,
+              "saved_model_bytes": _directory_bytes(saved_model_dir), **peaks,
+              "peak_rss_gib": measure.peak_rss_bytes() / GIB}
+    if tflite_path:
+        result["litert_bytes"] = os.path.getsize(tflite_path)
+    return result
+
+
+def zoo_serve(variant: str, path: str, height: int, width: int, repeats: int = 3,
+              warmup: int = 1, matmul_size: int = 2048) -> Dict:
+    """Seconds per image and peak memory of an exported model served in this process.
+
+    `path` is a SavedModel directory (its `serving_uint8` signature: model and
+    post-processing, uint8 pixels in) or a `.tflite` file (LiteRT, every core as threads),
+    loaded with `export.runtime.load_exported`; one random `[1, height, width, 3]` image.
+    """
+    start = time.perf_counter()
+    runner = load_exported(path)
+    load_s = time.perf_counter() - start
+    loaded_gib = measure.peak_rss_bytes() / GIB
+    image = np.random.RandomState(0).randint(0, 256, (1, height, width, 3)).astype(np.uint8)
+    timing, peaks = _peak_around(lambda: measure.time_calls(lambda: runner(image), repeats,
+                                                             warmup), matmul_size)
+    return {"stage": "litert" if path.endswith(".tflite") else "serve", "variant": variant,
+            "height": height, "width": width,
+            "signature": "serving_default" if path.endswith(".tflite") else "serving_uint8",
+            "load_s": load_s, "seconds_per_image": timing["median_s"], **peaks, **timing,
+            "loaded_rss_gib": loaded_gib, "peak_rss_gib": measure.peak_rss_bytes() / GIB}
+
+
 def profile(model: str, size: int, batch: int, output_stride: Optional[int] = None,
             top: int = 15) -> Dict:
     """Op-type shares of one inference call of a registry classifier."""
@@ -189,4 +361,5 @@ def profile(model: str, size: int, batch: int, output_stride: Optional[int] = No
 
 
 SECTIONS = {"forward": forward, "train": train, "attention": attention,
-            "postprocess": postprocess, "deeplab": deeplab, "profile": profile}
+            "postprocess": postprocess, "deeplab": deeplab, "deeplab_train": deeplab_train,
+            "profile": profile, "zoo_export": zoo_export, "zoo_serve": zoo_serve}
