@@ -30,7 +30,8 @@ demo: $(STAMP)
 
 # On every core (pytest-xdist; at most 4 workers): tracing, graph building and the trainer's
 # subprocesses are mostly single-threaded, so two workers on two cores halve the wall time.
-PYTEST_WORKERS := -n auto --maxprocesses=4 --dist worksteal
+# Files with an expensive module fixture are an `xdist_group` each (built once, one worker).
+PYTEST_WORKERS := -n auto --maxprocesses=4 --dist loadgroup
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) --durations=25 tests
 

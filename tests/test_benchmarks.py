@@ -12,6 +12,8 @@ from absl import flags
 from axial_keras.models import get_model
 from benchmarks import report, run, scene, sections
 
+pytestmark = [pytest.mark.xdist_group("test_benchmarks"), pytest.mark.long]  # one worker runs the `--quick` run fixture once
+
 SECTIONS = ("forward", "train", "attention", "postprocess", "deeplab", "deeplab_train",
             "profile", "zoo_export")
 VARIANTS = ("graph", "xla", "keras")

@@ -9,6 +9,8 @@ from axial_keras.data.digits_panoptic import (DIGITS_PANOPTIC, MIN_VISIBLE_AREA,
                                               digits_panoptic_dataset,
                                               generate_digits_panoptic)
 
+pytestmark = pytest.mark.xdist_group("test_digits_panoptic")  # one worker builds the generated set fixture once
+
 DIVISOR = DIGITS_PANOPTIC.label_divisor
 THINGS = np.array(DIGITS_PANOPTIC.thing_class_ids)
 STUFF = np.array(DIGITS_PANOPTIC.stuff_class_ids)

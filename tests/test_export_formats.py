@@ -35,6 +35,8 @@ from export.runtime import load_exported
 from trainer.experiments import build_model, get_experiment, save_config
 from trainer.tasks import create_task
 
+pytestmark = pytest.mark.xdist_group("test_export_formats")  # one worker builds the exported model fixture once
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
 AGREEMENT = 0.999

@@ -24,8 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPANS = (None, 65, 65, 65, 65)
 MAPS = ("panoptic", "semantic", "instance")
 FLOATS = ("semantic_probability", "instance_scores")
-pytestmark = pytest.mark.skipif(not os.path.isdir(SWIDERNET),
-                                reason="deeplab2 zoo numeric fixtures not found")
+pytestmark = [pytest.mark.skipif(not os.path.isdir(SWIDERNET),
+                                 reason="deeplab2 zoo numeric fixtures not found"),
+              pytest.mark.xdist_group("test_export_zoo")]  # one worker exports the zoo model
 
 
 def _run(*args):

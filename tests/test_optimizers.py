@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from axial_keras.optimizers import Lookahead, RAdam, WarmupPolynomialDecay
 
+pytestmark = pytest.mark.xdist_group("test_optimizers")  # one worker runs its module fixture
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 

@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
+pytestmark = pytest.mark.xdist_group("test_packaging")  # one worker builds the wheel and venv
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("axial_keras", "trainer", "export")
 PYPROJECT = os.path.join(REPO, "pyproject.toml")

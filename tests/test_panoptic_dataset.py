@@ -15,6 +15,8 @@ from axial_keras.panoptic.targets import PanopticTargets
 from axial_keras.pixels import MID_GREY
 from dataset_fixtures import write_cityscapes_panoptic_fixture
 
+pytestmark = pytest.mark.xdist_group("test_panoptic_dataset")  # one worker builds the record files fixture once
+
 VOID = 255 * 1000
 # A toy label encoding for hand-written records: classes 0 (stuff), 1, 2 (things).
 TOY = PanopticLabels((PanopticClass(0, "ground", False), PanopticClass(1, "a", True),

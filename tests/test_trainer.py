@@ -185,6 +185,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
         np.testing.assert_array_equal(before[name], after[name], err_msg=name)
 
 
+@pytest.mark.xdist_group("trainer_reference")  # the `reference` run is built once
 def test_sigkill_then_rerun_resumes_with_identical_state(reference, tmp_path):
     reference_dir, reference_result = reference
     model_dir = str(tmp_path / "model")
@@ -220,6 +221,7 @@ def test_sigkill_then_rerun_resumes_with_identical_state(reference, tmp_path):
 
 
 @pytest.mark.long
+@pytest.mark.xdist_group("trainer_reference")
 def test_two_mirrored_cpu_replicas_match_one_replica_and_sigterm_saves(reference, tmp_path):
     """Two logical CPUs: the first-step loss of the same global batch equals one replica's;
     then SIGTERM makes the run save a checkpoint and exit 0."""
