@@ -6,6 +6,7 @@ import json
 import pytest
 
 from axial_keras.data import DIGITS_PANOPTIC, DIGITS_POST_PROCESSING
+from axial_keras.data.digits_panoptic import DIGITS_AXIAL_BEYOND_STRIDE
 from axial_keras.labels import CITYSCAPES
 from trainer import experiments
 from trainer.experiments import (ClassificationTaskConfig, PanopticTaskConfig, apply_overrides,
@@ -64,6 +65,14 @@ def test_digits_panoptic_is_the_demo_recipe():
     assert (config.task.sigma, config.task.small_instance_area) == (3.0, 256)
     assert config.optimizer.name == "adamw"
     assert config.data.num_eval_examples % config.data.eval_batch_size == 0
+    assert config.model.axial_beyond_stride == DIGITS_AXIAL_BEYOND_STRIDE == 16
+
+
+def test_model_axial_beyond_stride_reaches_the_backbone():
+    config = get_experiment("digits_panoptic")
+    assert build_model(config).backbone.axial_beyond_stride == 16
+    default = get_experiment("digits_panoptic", ["model.axial_beyond_stride=none"])
+    assert build_model(default).backbone.axial_beyond_stride == 2
 
 
 def test_overrides_parse_to_the_field_types():

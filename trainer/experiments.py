@@ -21,7 +21,8 @@ import os
 import typing
 from typing import Any, ClassVar, Dict, Iterable, List, Optional, Tuple, Union
 
-from axial_keras.data.digits_panoptic import DIGITS_PANOPTIC, DIGITS_POST_PROCESSING
+from axial_keras.data.digits_panoptic import (DIGITS_AXIAL_BEYOND_STRIDE, DIGITS_PANOPTIC,
+                                              DIGITS_POST_PROCESSING)
 from axial_keras.files import read_json, write_json
 from axial_keras.labels import CITYSCAPES, PanopticLabels
 from axial_keras.panoptic.postprocessing import PostProcessingSettings
@@ -86,6 +87,8 @@ class ModelConfig:
             registry's (0.2 for axial_deeplab_{s,m,l,xl}, as deeplab2).
         spans: attention span per stage (None = global, odd int = local window); empty
             keeps the registry default.
+        axial_beyond_stride: blocks whose input stride is at least this use axial
+            attention, the others 3x3 convolutions; None keeps the registry's.
         input_size: classification only: the fixed [height, width] of the input.
         input_channels: classification only: input channels.
         synchronized_bn: batch statistics all-reduced across replicas; None turns it on
@@ -96,6 +99,7 @@ class ModelConfig:
     output_stride: Optional[int] = None
     drop_path_rate: Optional[float] = None
     spans: Tuple[Optional[int], ...] = ()
+    axial_beyond_stride: Optional[int] = None
     input_size: Tuple[int, ...] = ()
     input_channels: int = 3
     synchronized_bn: Optional[bool] = None
@@ -420,6 +424,8 @@ def _backbone_options(model: ModelConfig) -> Dict[str, Any]:
         options["drop_path_rate"] = model.drop_path_rate
     if model.spans:
         options["spans"] = tuple(model.spans)
+    if model.axial_beyond_stride is not None:
+        options["axial_beyond_stride"] = model.axial_beyond_stride
     return options
 
 
@@ -432,19 +438,23 @@ def panoptic_loss_args(task: PanopticTaskConfig) -> Dict[str, Any]:
 
 
 # The embedded default: digits-panoptic at 64x64, sized for 2 CPU cores (the `make demo` job).
+# The backbone takes 3x3 convolutions below stride 16 (`DIGITS_AXIAL_BEYOND_STRIDE`): at equal
+# steps it learns the digit classes faster (held-out PQ 38.2, things 27.3 at 900 steps against
+# 34.2 / 22.5 with attention from stride 4 on) and its step is 2.8x cheaper here, so 3600 steps
+# of 16 (24 epochs) take less time than the former 1800. One evaluation, at the end.
+# Held-out PQ 50.2 (things 41.3, stuff 94.9), 4.15 steps/s on the shared 2 cores; the limit
+# is the digit class (63% of instances get the right majority class; true classes: PQ 72).
 register(ExperimentConfig(
     name="digits_panoptic",
     task=PanopticTaskConfig(labels=DIGITS_PANOPTIC, sigma=3.0, small_instance_area=16 * 16,
                             post_processing=DIGITS_POST_PROCESSING),
-    model=ModelConfig(name="axial_deeplab_tiny"),
+    model=ModelConfig(name="axial_deeplab_tiny", axial_beyond_stride=DIGITS_AXIAL_BEYOND_STRIDE),
     data=DataConfig(dataset="digits_panoptic", num_train_examples=2400, num_eval_examples=200,
                     image_size=64, crop_size=(64, 64), batch_size=16, eval_batch_size=40),
-    # 1800 steps of 16 (12 epochs) at a peak of 6e-3: held-out PQ 44.1, as 2100 steps at
-    # 4e-3 (the model.fit demo's recipe, 44.4 here), in the time `make demo` has on 2 cores.
-    optimizer=OptimizerConfig(name="adamw", learning_rate=6e-3, warmup_steps=90,
+    optimizer=OptimizerConfig(name="adamw", learning_rate=6e-3, warmup_steps=180,
                               schedule="cosine", weight_decay=1e-4),
-    trainer=TrainerConfig(train_steps=1800, steps_per_loop=50, checkpoint_interval=300,
-                          summary_interval=50, eval_interval=900, best_metric="pq"),
+    trainer=TrainerConfig(train_steps=3600, steps_per_loop=50, checkpoint_interval=600,
+                          summary_interval=50, eval_interval=3600, best_metric="pq"),
 ))
 
 register(ExperimentConfig(
