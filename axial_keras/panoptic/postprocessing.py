@@ -379,14 +379,14 @@ class PanopticPostProcessor:
 
         The box of a row's points (its used targets and any others) bounds every used
         target's squared distance to a centre c' by that of the box's farthest corner
-        (`upper`). A centre c is
-        dominated by c' when, at each of the four corners, its squared distance exceeds
-        c''s by more than a margin (relative 1e-4, far above float32 rounding): the
-        difference of the two squared distances is affine in the target, so it is then
-        above the margin at every target of the box, where c is strictly farther than
-        c' and can neither win nor tie. The `_DOMINATORS` valid centres of smallest
-        `upper` are tried as c'; the valid centres none of them dominates are the
-        candidates (none in a row without used targets).
+        (`upper`). A centre c is dominated by c' when, at each of the four corners, its
+        squared distance exceeds c''s by more than a margin (relative 1e-4, far above
+        float32 rounding): the difference of the two squared distances is affine in the
+        target, so it is then above the margin at every target of the box, where c is
+        strictly farther than c' (also after a square root) and can neither win nor tie.
+        The `_DOMINATORS` valid centres of smallest `upper` are tried as c'; the valid
+        centres none of them dominates are the candidates (none in a row without used
+        targets).
 
         Args:
             box_y, box_x: float32 [B, T, P]. Points of each row's box.
@@ -408,32 +408,35 @@ class PanopticPostProcessor:
         x_high = ops.square(ops.max(box_x, axis=-1)[..., None] - cx)
         upper = ops.where(valid[:, None, :],
                           ops.maximum(y_low, y_high) + ops.maximum(x_low, x_high), float("inf"))
-        tries = min(_DOMINATORS, k)
-        dominators = ops.top_k(-upper, tries, sorted=False)[1]
-        dominated = ops.zeros_like(upper, dtype="bool")
-        for j in range(tries):
-            def at(x, j=j):  # the j-th dominator's value, [B, T, 1]
-                return ops.take_along_axis(x, dominators[..., j:j + 1], axis=-1)
+        dominators = ops.top_k(-upper, min(_DOMINATORS, k), sorted=False)[1]  # [B, T, D]
 
-            # The smallest excess over the four corners: the y end and the x end of the
-            # corner minimize their own terms.
-            excess = (ops.minimum(y_low - at(y_low), y_high - at(y_high))
-                      + ops.minimum(x_low - at(x_low), x_high - at(x_high)))
-            # Below 1e37 every term above is finite (centres lie in the image).
-            bound = at(upper)
-            dominated = ops.logical_or(dominated, ops.logical_and(
-                bound < 1e37, excess > bound * 1e-4 + 1e-3))
+        def at_dominators(x):  # [B, T, K] -> [B, T, D, 1]
+            return ops.take_along_axis(x, dominators, axis=-1)[..., None]
+
+        def each(x):  # [B, T, K] -> [B, T, 1, K]
+            return x[:, :, None, :]
+
+        # The smallest excess over the four corners (the y end and the x end of the corner
+        # minimize their own terms), [B, T, D, K].
+        excess = (ops.minimum(each(y_low) - at_dominators(y_low),
+                              each(y_high) - at_dominators(y_high))
+                  + ops.minimum(each(x_low) - at_dominators(x_low),
+                                each(x_high) - at_dominators(x_high)))
+        # Below 1e37 every term above is finite (centres lie in the image).
+        bound = at_dominators(upper)
+        margin = ops.where(bound < 1e37, bound * 1e-4 + 1e-3, float("inf"))
         candidate = ops.logical_and(
             ops.logical_and(valid[:, None, :], ops.any(used, axis=-1)[..., None]),
-            ops.logical_not(dominated))
+            ops.logical_not(ops.any(excess > margin, axis=2)))
         index = ops.arange(k, dtype="int32")
         order = ops.cast(ops.top_k(ops.where(candidate, k - index, 0), k, sorted=True)[1], "int32")
         count = ops.sum(ops.cast(candidate, "int32"), axis=-1)
         present = index < count[..., None]
+        # The candidates' coordinates, looked up in the centres of all images at once.
+        flat = order + ops.arange(ops.shape(order)[0], dtype="int32")[:, None, None] * k
 
         def coordinate(c):
-            return ops.where(present, ops.take_along_axis(
-                ops.broadcast_to(c, ops.shape(order)), order, axis=-1), _FAR)
+            return ops.where(present, ops.take(ops.reshape(c, (-1,)), flat), _FAR)
 
         return order, coordinate(cy), coordinate(cx), count
 
