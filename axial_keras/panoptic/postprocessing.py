@@ -143,12 +143,16 @@ def _staged_rounds(count, compare, start, rows):
     count = ops.concatenate([ops.take(count, order), ops.zeros((1,), "int32")])
     state, size, first, done = start(rows[0]), ops.shape(order)[0], 0, []
     for stage in range(_STAGES):
-        keep = (3 * size + 3) // 4 if stage < _STAGES - 1 else 0
+        keep = (3 * size + 3) // 4
+        if stage == _STAGES - 1 or (isinstance(size, int) and keep == size):
+            keep = 0  # the last stage (known early when the row count is static)
         last = count[keep]  # the most rounds among the rows this stage is the last to run
         part = tuple(x[:size] for x in rows)
         state = ops.fori_loop(first, last, lambda j, s, part=part: compare(j, s, part), state)
         done.append(tuple(x[keep:] for x in state))
         state, size, first = tuple(x[:keep] for x in state), keep, last
+        if isinstance(size, int) and size == 0:
+            break
     restore = ops.argsort(order)
     return tuple(ops.take(ops.concatenate(parts[::-1], axis=0), restore, axis=0)
                  for parts in zip(*done))
