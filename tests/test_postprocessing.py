@@ -307,5 +307,6 @@ def test_counts_are_the_histogram_of_the_ids():
     from axial_keras.panoptic.postprocessing import _count
 
     ids = np.random.RandomState(15).randint(0, 37, size=(2, 9, 11)).astype("int32")
-    np.testing.assert_array_equal(np.asarray(_count(ids, 40)),
-                                  np.bincount(ids.ravel(), minlength=40))
+    for builtin_only in (False, True):
+        np.testing.assert_array_equal(np.asarray(_count(ids, 40, builtin_only)),
+                                      np.bincount(ids.ravel(), minlength=40))

@@ -62,15 +62,16 @@ def _first_argmax(x):
     return ops.reshape(ops.cast(ops.concatenate(parts, axis=0), "int32"), shape[:-1])
 
 
-def _count(ids, length: int):
+def _count(ids, length: int, builtin_only: bool):
     """How often each of [0, length) occurs in int32 `ids` (any shape): [length] int32.
 
     TensorFlow counts with `bincount` (a parallel histogram, some 25x faster on CPU than
-    the serial scatter of `segment_sum`); JAX takes `segment_sum`, since Keras' JAX
-    `bincount` cannot be traced (its length comes from the values).
+    the serial scatter of `segment_sum`), except in graphs for converters
+    (`builtin_only`), which know `segment_sum` only; JAX takes `segment_sum`, since
+    Keras' JAX `bincount` cannot be traced (its length comes from the values).
     """
     ids = ops.reshape(ids, (-1,))
-    if keras.backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow" and not builtin_only:
         return ops.bincount(ids, minlength=length)
     return ops.segment_sum(ops.ones_like(ids), ids, num_segments=length)
 
@@ -223,11 +224,12 @@ class PanopticPostProcessor:
     pixels; stuff segments smaller than `stuff_area_limit` pixels, and thing pixels when
     no centre was found, become void.
 
-    The grouping step compares every thing pixel with its tile's candidate centres in
-    a loop of as many rounds as the busiest tile has candidates (`ops.fori_loop` with a
-    tensor trip count). With `unroll=True` it runs `keep_k_centers` rounds as a Python
-    loop instead (absent candidates never win, so the result is the same): graphs for
-    converters (LiteRT, ONNX, the int8 quantizer) then hold no WHILE loop.
+    The grouping step compares every thing pixel with its tile's candidate centres, in
+    loops (`ops.fori_loop` with tensor trip counts) that run each tile about as many
+    rounds as it has candidates. With `unroll=True` it runs `keep_k_centers` rounds as a
+    Python loop instead (absent candidates never win, so the result is the same) and
+    counts with builtin ops only: graphs for converters (LiteRT, ONNX, the int8
+    quantizer) then hold no WHILE loop.
 
     Args:
         labels: `PanopticLabels`. Thing classes, label divisor and void class.
@@ -511,7 +513,8 @@ class PanopticPostProcessor:
         segments = (k + 1) * num_classes
         image = ops.arange(batch, dtype="int32")[:, None, None]
         segment = instance * num_classes + semantic + image * segments
-        counts = ops.reshape(_count(segment, batch * segments), (batch, k + 1, num_classes))
+        counts = ops.reshape(_count(segment, batch * segments, self.unroll),
+                             (batch, k + 1, num_classes))
         thing_table = ops.convert_to_tensor(
             [c in self.labels.thing_class_ids for c in range(num_classes)], dtype="bool")
         # Majority thing class of every instance (ties to the lowest class).
@@ -537,16 +540,14 @@ class PanopticPostProcessor:
         score_table = ops.concatenate([ops.zeros((batch, 1), "float32"),
                                        ops.where(valid, scores, 0.0)], axis=1)
         score_table = ops.broadcast_to(score_table[:, :, None], ops.shape(table))
-        # One lookup of the three per-segment values (a take costs about the same for three
-        # columns as for one), the scores as their int32 bit patterns.
-        looked_up = ops.take(ops.reshape(ops.stack(
-            [table, semantic_table, ops.view(score_table, "int32")], axis=-1), (-1, 3)),
-            segment, axis=0)
+        # One lookup of both ids (a two-column take costs little more than one column).
+        ids = ops.take(ops.reshape(ops.stack([table, semantic_table], axis=-1), (-1, 2)),
+                       segment, axis=0)
         points = ops.where(valid[..., None], ops.stack([center_y, center_x], axis=-1), -1)
         return {
-            "panoptic": looked_up[..., 0],
-            "semantic": looked_up[..., 1],
+            "panoptic": ids[..., 0],
+            "semantic": ids[..., 1],
             "instance": ops.cast(instance, "int32"),
-            "instance_scores": ops.view(looked_up[..., 2:], "float32")[..., 0],
+            "instance_scores": ops.take(ops.reshape(score_table, (-1,)), segment),
             "center_points": ops.cast(points, "int32"),
         }
