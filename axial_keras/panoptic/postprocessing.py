@@ -158,6 +158,7 @@ def _staged_rounds(count, compare, start, rows):
     return tuple(ops.take(ops.concatenate(parts[::-1], axis=0), restore, axis=0)
                  for parts in zip(*done))
 
+
 @dataclasses.dataclass(frozen=True)
 class PostProcessingSettings:
     """How model outputs become panoptic maps: the one place these settings live.
