@@ -217,9 +217,9 @@ def test_unrolled_grouping_gives_the_same_maps():
         np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
 
 
-def _brute_force_nearest(target_y, target_x, center_y, center_x, valid):
+def _brute_force_nearest(target_y, target_x, center_y, center_x, valid, euclidean=False):
     """Every pixel against every centre in index order, keeping a strictly smaller float32
-    squared distance (the grouping's definition); [B, H, W] int32."""
+    squared distance, or its square root (the grouping's definition); [B, H, W] int32."""
     best = np.full(target_y.shape, np.inf, np.float32)
     index = np.zeros(target_y.shape, np.int32)
     for b in range(target_y.shape[0]):
@@ -227,15 +227,18 @@ def _brute_force_nearest(target_y, target_x, center_y, center_x, valid):
             with np.errstate(invalid="ignore", over="ignore"):
                 d = (np.square(target_y[b] - np.float32(center_y[b, i]))
                      + np.square(target_x[b] - np.float32(center_x[b, i])))
+                if euclidean:
+                    d = np.sqrt(d)
                 closer = d < best[b]
             best[b] = np.where(closer, d, best[b])
             index[b] = np.where(closer, i, index[b])
     return index
 
 
+@pytest.mark.parametrize("convention", ["axial_keras", "deeplab2"])
 @pytest.mark.parametrize("tile", [1, 3, 16, 1000])
 @pytest.mark.parametrize("kind", ["smooth", "integer_ties", "wild", "non_finite"])
-def test_tiled_grouping_is_the_exact_nearest_centre(tile, kind):
+def test_tiled_grouping_is_the_exact_nearest_centre(tile, kind, convention):
     rng = np.random.RandomState(11)
     batch, height, width, k = 2, 37, 45, 30
     yy, xx = np.mgrid[:height, :width].astype("float32")
@@ -256,10 +259,11 @@ def test_tiled_grouping_is_the_exact_nearest_centre(tile, kind):
         offsets[1, 20, 20] = 1e25
     target_y, target_x = yy + offsets[..., 0], xx + offsets[..., 1]
     is_thing = rng.uniform(size=(batch, height, width)) < 0.6
-    post = _post(keep_k_centers=k, grouping_tile=tile)
+    post = _post(keep_k_centers=k, grouping_tile=tile, convention=convention)
     got = np.asarray(post.nearest_center(target_y, target_x, is_thing, center_y, center_x,
                                          valid))
-    want = _brute_force_nearest(target_y, target_x, center_y, center_x, valid)
+    want = _brute_force_nearest(target_y, target_x, center_y, center_x, valid,
+                                euclidean=convention == "deeplab2")
     np.testing.assert_array_equal(got[is_thing], want[is_thing])
 
 
@@ -286,3 +290,23 @@ def test_separable_nms_pool_equals_the_square_pool():
     want = np.asarray(keras.ops.max_pool(heat[..., None], pool_size=7, strides=1,
                                          padding="same"))[..., 0]
     np.testing.assert_array_equal(np.asarray(_max_pool_2d(heat, 7)), want)
+
+
+def test_argmax_is_the_first_index_of_the_largest_logit():
+    from axial_keras.panoptic.postprocessing import _first_argmax
+
+    rng = np.random.RandomState(14)
+    for shape in [(2, 7, 5, 6), (1, 3, 2, 19)]:  # more, and fewer, rows than chunks
+        logits = rng.randint(0, 3, size=shape).astype("float32")  # many ties
+        got = np.asarray(_first_argmax(logits))
+        np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
+        assert got.dtype == np.int32
+
+
+def test_counts_are_the_histogram_of_the_ids():
+    from axial_keras.panoptic.postprocessing import _count
+
+    ids = np.random.RandomState(15).randint(0, 37, size=(2, 9, 11)).astype("int32")
+    for builtin_only in (False, True):
+        np.testing.assert_array_equal(np.asarray(_count(ids, 40, builtin_only)),
+                                      np.bincount(ids.ravel(), minlength=40))

@@ -5,11 +5,18 @@ class voting, stuff area filtering (PAPER.md section 3, "Post-processing")."""
 import dataclasses
 from typing import Any, Dict, Optional, Sequence
 
+import keras
 from keras import ops
 
 from axial_keras.labels import PanopticLabels
 
 _FAR = 1e30
+# Centres tried as dominators of each grouping row (`PanopticPostProcessor._row_candidates`).
+_DOMINATORS = 4
+# Stages of the grouping rounds, each on 3/4 of the rows of the last (`_staged_rounds`).
+_STAGES = 16
+# Runs of rows the semantic argmax is cut into (`_first_argmax`).
+_ARGMAX_CHUNKS = 32
 # How the maps are numbered and which semantic map is returned.
 CONVENTIONS = {
     "axial_keras": "the `keep_k_centers` best centres by score; instance i is the i-th best "
@@ -39,6 +46,36 @@ def _max_pool_2d(x, size: int):
     return ops.transpose(pooled, (0, 3, 1, 2))[..., 0]
 
 
+def _first_argmax(x):
+    """First index of the largest value along the last axis: [..., C] -> int32 [...].
+
+    Top-1 is the cheapest exact argmax (ops.argmax adds three passes to order -0.0 below
+    +0.0, which top-1 calls a tie), but TensorFlow's top-1 finds the indices in one serial
+    loop: it runs on `_ARGMAX_CHUNKS` runs of rows, which the inter-op threads take side by
+    side.
+    """
+    shape = ops.shape(x)
+    rows = ops.reshape(x, (-1, shape[-1]))
+    size = ops.shape(rows)[0]
+    cuts = [size * i // _ARGMAX_CHUNKS for i in range(_ARGMAX_CHUNKS + 1)]
+    parts = [ops.top_k(rows[first:last], 1)[1][:, 0] for first, last in zip(cuts[:-1], cuts[1:])]
+    return ops.reshape(ops.cast(ops.concatenate(parts, axis=0), "int32"), shape[:-1])
+
+
+def _count(ids, length: int, builtin_only: bool):
+    """How often each of [0, length) occurs in int32 `ids` (any shape): [length] int32.
+
+    TensorFlow counts with `bincount` (a parallel histogram, some 25x faster on CPU than
+    the serial scatter of `segment_sum`), except in graphs for converters
+    (`builtin_only`), which know `segment_sum` only; JAX takes `segment_sum`, since
+    Keras' JAX `bincount` cannot be traced (its length comes from the values).
+    """
+    ids = ops.reshape(ids, (-1,))
+    if keras.backend.backend() == "tensorflow" and not builtin_only:
+        return ops.bincount(ids, minlength=length)
+    return ops.segment_sum(ops.ones_like(ids), ids, num_segments=length)
+
+
 def _is_in(labels, classes: Sequence[int], num_classes: int):
     """Boolean map of `labels` in `classes`, as comparisons with the runs of consecutive ids."""
     runs = []
@@ -54,6 +91,72 @@ def _is_in(labels, classes: Sequence[int], num_classes: int):
     for first, last in runs:
         mask = ops.logical_or(mask, ops.logical_and(labels >= first, labels <= last))
     return mask
+
+
+def _to_rows(x, tile: int):
+    """[B, H, W] -> [B, tiles, tile * tile]: the image's tile-sided tiles, padded at the
+    bottom and right, one row each in raster order."""
+    shape = ops.shape(x)
+    batch, height, width = shape[0], shape[1], shape[2]
+    tiles_y, tiles_x = (height + tile - 1) // tile, (width + tile - 1) // tile
+    x = ops.pad(x, [[0, 0], [0, tiles_y * tile - height], [0, tiles_x * tile - width]])
+    x = ops.transpose(ops.reshape(x, (batch, tiles_y, tile, tiles_x, tile)), (0, 1, 3, 2, 4))
+    return ops.reshape(x, (batch, tiles_y * tiles_x, tile * tile))
+
+
+def _tile_centres(height, width, tile: int):
+    """Centres (y, x) of the tiles of `_to_rows`, float32 [1, tiles, 1] each."""
+    tiles_x = (width + tile - 1) // tile
+    index = ops.arange(((height + tile - 1) // tile) * tiles_x)
+    return tuple(ops.cast(i * tile, "float32")[None, :, None] + (tile - 1) / 2
+                 for i in (index // tiles_x, index % tiles_x))
+
+
+def _from_rows(rows, tile: int, height, width):
+    """The inverse of `_to_rows`: [B, tiles, tile * tile] -> [B, height, width]."""
+    batch = ops.shape(rows)[0]
+    tiles_y, tiles_x = (height + tile - 1) // tile, (width + tile - 1) // tile
+    x = ops.reshape(rows, (batch, tiles_y, tiles_x, tile, tile))
+    x = ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4)), (batch, tiles_y * tile, tiles_x * tile))
+    return x[:, :height, :width]
+
+
+def _staged_rounds(count, compare, start, rows):
+    """`compare(j, state, rows)` for j in [0, count[r]) on every row r, batched.
+
+    The rows are sorted by decreasing count; stage s runs on the first N (3/4)^s of
+    them (all of them at s = 0), up to the largest count of the rows it is the last to
+    run on, so that a row runs little more than the rounds it needs (the rows of the last
+    of the `_STAGES` stages excepted). A round a row does not need must leave its state
+    as it is (compare it with an absent candidate, which never wins).
+
+    Args:
+        count: int32 [N]. Rounds each row needs.
+        compare: callable(j, state, rows) -> state. One round of every given row.
+        start: callable(rows[0]) -> state. The start state: a tuple of [N, ...] tensors.
+        rows: tuple of [N, ...] tensors. What the rounds read.
+
+    Returns:
+        The final state, rows in their given order.
+    """
+    order = ops.argsort(-count)
+    rows = tuple(ops.take(x, order, axis=0) for x in rows)
+    count = ops.concatenate([ops.take(count, order), ops.zeros((1,), "int32")])
+    state, size, first, done = start(rows[0]), ops.shape(order)[0], 0, []
+    for stage in range(_STAGES):
+        keep = (3 * size + 3) // 4
+        if stage == _STAGES - 1 or (isinstance(size, int) and keep == size):
+            keep = 0  # the last stage (known early when the row count is static)
+        last = count[keep]  # the most rounds among the rows this stage is the last to run
+        part = tuple(x[:size] for x in rows)
+        state = ops.fori_loop(first, last, lambda j, s, part=part: compare(j, s, part), state)
+        done.append(tuple(x[keep:] for x in state))
+        state, size, first = tuple(x[:keep] for x in state), keep, last
+        if isinstance(size, int) and size == 0:
+            break
+    restore = ops.argsort(order)
+    return tuple(ops.take(ops.concatenate(parts[::-1], axis=0), restore, axis=0)
+                 for parts in zip(*done))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +225,12 @@ class PanopticPostProcessor:
     pixels; stuff segments smaller than `stuff_area_limit` pixels, and thing pixels when
     no centre was found, become void.
 
-    The grouping step compares every thing pixel with its tile's candidate centres in
-    a loop of as many rounds as the busiest tile has candidates (`ops.fori_loop` with a
-    tensor trip count). With `unroll=True` it runs `keep_k_centers` rounds as a Python
-    loop instead (absent candidates never win, so the result is the same): graphs for
-    converters (LiteRT, ONNX, the int8 quantizer) then hold no WHILE loop.
+    The grouping step compares every thing pixel with its tile's candidate centres, in
+    loops (`ops.fori_loop` with tensor trip counts) that run each tile about as many
+    rounds as it has candidates. With `unroll=True` it runs `keep_k_centers` rounds as a
+    Python loop instead (absent candidates never win, so the result is the same) and
+    counts with builtin ops only: graphs for converters (LiteRT, ONNX, the int8
+    quantizer) then hold no WHILE loop.
 
     Args:
         labels: `PanopticLabels`. Thing classes, label divisor and void class.
@@ -221,14 +325,12 @@ class PanopticPostProcessor:
         square root, as deeplab2's `tf.norm`), starting from index 0 at infinite
         distance; only thing pixels' results are meaningful.
 
-        The image is cut into `grouping_tile`-sided tiles. For each tile and centre, the
-        squared distance from the centre to the bounding box of the tile's finite
-        thing-pixel targets is bounded below and above; a centre whose lower bound
-        exceeds the smallest upper bound (with a relative margin far above float32
-        rounding) is farther than another centre from every such target, so it can
-        neither win nor tie. Each round of the loop compares every pixel with the next
-        remaining candidate of its tile, in index order, so there are as many rounds as
-        the largest candidate count of a tile.
+        The image is cut into `grouping_tile`-sided tiles, one row of pixels each; each
+        row gets its candidate centres (`_row_candidates`), and round j compares every
+        pixel of a row with the row's j-th candidate (`_staged_rounds` runs as many rounds
+        per row as it has candidates). With `unroll=True` every row runs
+        `keep_k_centers` rounds in a Python loop instead (absent candidates never win, so
+        the result is the same): graphs for converters then hold no WHILE loop.
 
         Args:
             target_y, target_x: float32 [B, H, W]. Offset targets (pixel + offset).
@@ -237,54 +339,24 @@ class PanopticPostProcessor:
         """
         tile = self.settings.grouping_tile
         shape = ops.shape(target_y)
-        batch, height, width = shape[0], shape[1], shape[2]
-        tiles_y = (height + tile - 1) // tile
-        tiles_x = (width + tile - 1) // tile
-        pad = [[0, 0], [0, tiles_y * tile - height], [0, tiles_x * tile - width]]
-
-        def to_tiles(x):  # [B, H, W] -> [B, tiles, tile * tile]
-            x = ops.reshape(ops.pad(x, pad), (batch, tiles_y, tile, tiles_x, tile))
-            x = ops.transpose(x, (0, 1, 3, 2, 4))
-            return ops.reshape(x, (batch, tiles_y * tiles_x, tile * tile))
-
-        ty, tx = to_tiles(target_y), to_tiles(target_x)
-        used = to_tiles(ops.logical_and(is_thing, ops.logical_and(
-            ops.isfinite(target_y), ops.isfinite(target_x))))
-        y_min = ops.min(ops.where(used, ty, _FAR), axis=-1)[..., None]  # [B, T, 1]
-        y_max = ops.max(ops.where(used, ty, -_FAR), axis=-1)[..., None]
-        x_min = ops.min(ops.where(used, tx, _FAR), axis=-1)[..., None]
-        x_max = ops.max(ops.where(used, tx, -_FAR), axis=-1)[..., None]
-        cy = ops.cast(center_y, "float32")[:, None, :]  # [B, 1, K]
-        cx = ops.cast(center_x, "float32")[:, None, :]
-
-        def gap(low, high, c):  # distance from c to [low, high], and to its farther end
-            near = ops.maximum(ops.maximum(low - c, c - high), 0.0)
-            return near, ops.maximum(ops.abs(low - c), ops.abs(high - c))
-
-        near_y, far_y = gap(y_min, y_max, cy)
-        near_x, far_x = gap(x_min, x_max, cx)
-        lower = ops.square(near_y) + ops.square(near_x)  # [B, T, K]
-        upper = ops.where(valid[:, None, :], ops.square(far_y) + ops.square(far_x), _FAR)
-        bound = ops.min(upper, axis=-1, keepdims=True)
-        candidate = ops.logical_and(
-            ops.logical_and(valid[:, None, :], ops.any(used, axis=-1)[..., None]),
-            lower <= bound * (1.0 + 1e-4) + 1e-3)
-        # Candidates of each tile first, in increasing centre index.
-        k = self.settings.keep_k_centers
-        index = ops.arange(k, dtype="int32")
-        order = ops.where(candidate, k - index, 0)
-        _, order = ops.top_k(order, k, sorted=True)
-        order = ops.cast(order, "int32")  # [B, T, K]
-        count = ops.sum(ops.cast(candidate, "int32"), axis=-1)
-        order_y = ops.take_along_axis(ops.broadcast_to(cy, ops.shape(order)), order, axis=-1)
-        order_x = ops.take_along_axis(ops.broadcast_to(cx, ops.shape(order)), order, axis=-1)
+        height, width = shape[1], shape[2]
+        ty, tx = _to_rows(target_y, tile), _to_rows(target_x, tile)
+        # A target whose coordinates overflow their sum is at infinite distance from every
+        # centre (it keeps index 0, like a NaN one): it is left out of the row boxes.
+        used = _to_rows(ops.logical_and(is_thing, ops.isfinite(target_y + target_x)), tile)
+        # The row boxes hold the tiles' centres too (one masked copy per axis finds both
+        # ends), as good as the targets' own boxes wherever offsets point near the pixel.
+        centre_y, centre_x = _tile_centres(height, width, tile)
+        box_y, box_x = ops.where(used, ty, centre_y), ops.where(used, tx, centre_x)
+        order, order_y, order_x, count = self._row_candidates(box_y, box_x, used, center_y,
+                                                              center_x, valid)
         euclidean = self.settings.convention == "deeplab2"
 
-        def compare(j, state):
+        def compare(j, state, rows):
             best, best_index = state
-            present = (count > j)[..., None]
-            y = ops.where(present, ops.take(order_y, j, axis=2)[..., None], _FAR)
-            x = ops.where(present, ops.take(order_x, j, axis=2)[..., None], _FAR)
+            ty, tx, order_y, order_x, order = rows
+            y = ops.take(order_y, j, axis=1)[:, None]
+            x = ops.take(order_x, j, axis=1)[:, None]
             distance = ops.square(ty - y) + ops.square(tx - x)
             if euclidean:  # deeplab2 compares norms: a square root can make a tie
                 distance = ops.sqrt(distance)
@@ -292,21 +364,88 @@ class PanopticPostProcessor:
             # minimum == where(closer, distance, best): a distance is NaN only for a NaN
             # target, and then it is NaN for every centre (the pixel keeps index 0).
             return (ops.minimum(best, distance),
-                    ops.where(closer, ops.take(order, j, axis=2)[..., None], best_index))
+                    ops.where(closer, ops.take(order, j, axis=1)[:, None], best_index))
 
-        start = (ops.full(ops.shape(ty), float("inf"), dtype="float32"),
-                 ops.zeros(ops.shape(ty), dtype="int32"))
-        if self.unroll:  # every centre slot, as a Python loop: absent ones never win
-            state = start
-            for j in range(k):
-                state = compare(j, state)
+        def start(ty):  # every pixel at infinite distance from centre 0
+            return (ops.full(ops.shape(ty), float("inf"), dtype="float32"),
+                    ops.zeros(ops.shape(ty), dtype="int32"))
+
+        rows = tuple(ops.reshape(x, (-1, ops.shape(x)[-1]))
+                     for x in (ty, tx, order_y, order_x, order))
+        if self.unroll:
+            state = start(rows[0])
+            for j in range(self.settings.keep_k_centers):
+                state = compare(j, state, rows)
             nearest = state[1]
         else:
-            _, nearest = ops.fori_loop(0, ops.max(count), compare, start)
-        nearest = ops.reshape(nearest, (batch, tiles_y, tiles_x, tile, tile))
-        nearest = ops.reshape(ops.transpose(nearest, (0, 1, 3, 2, 4)),
-                              (batch, tiles_y * tile, tiles_x * tile))
-        return nearest[:, :height, :width]
+            nearest = _staged_rounds(ops.reshape(count, (-1,)), compare, start, rows)[1]
+        return _from_rows(ops.reshape(nearest, ops.shape(ty)), tile, height, width)
+
+    def _row_candidates(self, box_y, box_x, used, center_y, center_x, valid):
+        """The centres that can be nearest to a row's targets, in increasing index.
+
+        The box of a row's points (its used targets and any others) bounds every used
+        target's squared distance to a centre c' by that of the box's farthest corner
+        (`upper`). A centre c is dominated by c' when, at each of the four corners, its
+        squared distance exceeds c''s by more than a margin (relative 1e-4, far above
+        float32 rounding): the difference of the two squared distances is affine in the
+        target, so it is then above the margin at every target of the box, where c is
+        strictly farther than c' (also after a square root) and can neither win nor tie.
+        The `_DOMINATORS` valid centres of smallest `upper` are tried as c'; the valid
+        centres none of them dominates are the candidates (none in a row without used
+        targets).
+
+        Args:
+            box_y, box_x: float32 [B, T, P]. Points of each row's box.
+            used: bool [B, T, P]. Whether the row has used targets (any over P).
+            center_y, center_x: int32 [B, K]. Centres; valid: bool [B, K].
+
+        Returns:
+            `order` int32 [B, T, K] (the candidates' indices first), their coordinates
+            `order_y`, `order_x` float32 [B, T, K] (_FAR after the last candidate) and
+            the candidate `count` int32 [B, T].
+        """
+        k = self.settings.keep_k_centers
+        cy = ops.cast(center_y, "float32")[:, None, :]  # [B, 1, K]
+        cx = ops.cast(center_x, "float32")[:, None, :]
+        # Squared distances along y and x from every centre to the box's ends: [B, T, K].
+        y_low = ops.square(ops.min(box_y, axis=-1)[..., None] - cy)
+        y_high = ops.square(ops.max(box_y, axis=-1)[..., None] - cy)
+        x_low = ops.square(ops.min(box_x, axis=-1)[..., None] - cx)
+        x_high = ops.square(ops.max(box_x, axis=-1)[..., None] - cx)
+        upper = ops.where(valid[:, None, :],
+                          ops.maximum(y_low, y_high) + ops.maximum(x_low, x_high), float("inf"))
+        dominators = ops.top_k(-upper, min(_DOMINATORS, k), sorted=False)[1]  # [B, T, D]
+
+        def at_dominators(x):  # [B, T, K] -> [B, T, D, 1]
+            return ops.take_along_axis(x, dominators, axis=-1)[..., None]
+
+        def each(x):  # [B, T, K] -> [B, T, 1, K]
+            return x[:, :, None, :]
+
+        # The smallest excess over the four corners (the y end and the x end of the corner
+        # minimize their own terms), [B, T, D, K].
+        excess = (ops.minimum(each(y_low) - at_dominators(y_low),
+                              each(y_high) - at_dominators(y_high))
+                  + ops.minimum(each(x_low) - at_dominators(x_low),
+                                each(x_high) - at_dominators(x_high)))
+        # Below 1e37 every term above is finite (centres lie in the image).
+        bound = at_dominators(upper)
+        margin = ops.where(bound < 1e37, bound * 1e-4 + 1e-3, float("inf"))
+        candidate = ops.logical_and(
+            ops.logical_and(valid[:, None, :], ops.any(used, axis=-1)[..., None]),
+            ops.logical_not(ops.any(excess > margin, axis=2)))
+        index = ops.arange(k, dtype="int32")
+        order = ops.cast(ops.top_k(ops.where(candidate, k - index, 0), k, sorted=True)[1], "int32")
+        count = ops.sum(ops.cast(candidate, "int32"), axis=-1)
+        present = index < count[..., None]
+        # The candidates' coordinates, looked up in the centres of all images at once.
+        flat = order + ops.arange(ops.shape(order)[0], dtype="int32")[:, None, None] * k
+
+        def coordinate(c):
+            return ops.where(present, ops.take(ops.reshape(c, (-1,)), flat), _FAR)
+
+        return order, coordinate(cy), coordinate(cx), count
 
     def _numbers_in_class(self, instance, instance_class, counts):
         """deeplab2's instance numbers, [B, K + 1] int32: 1, 2, ... within each class, in
@@ -315,7 +454,7 @@ class PanopticPostProcessor:
         Args:
             instance: int32 [B, H, W]. Instance slot of every pixel (0: none).
             instance_class: int32 [B, K + 1]. Class of every slot.
-            counts: float32 [B, K + 1, C]. Pixels of every (slot, class).
+            counts: int32 [B, K + 1, C]. Pixels of every (slot, class).
         """
         shape = ops.shape(instance)
         batch, pixels = shape[0], shape[1] * shape[2]
@@ -353,9 +492,7 @@ class PanopticPostProcessor:
         if num_classes is not None and max(self.labels.thing_class_ids, default=-1) >= num_classes:
             raise ValueError(f"The logits have {num_classes} classes but thing class "
                              f"{max(self.labels.thing_class_ids)} is named by the labels.")
-        # First index of the largest logit. Top-1 is one pass over the logits, where
-        # ops.argmax adds three more (it orders -0.0 below +0.0, which top-1 calls a tie).
-        semantic = ops.cast(ops.top_k(logits, 1)[1][..., 0], "int32")
+        semantic = _first_argmax(logits)
         offsets = ops.cast(outputs["center_offsets"], "float32")
         shape = ops.shape(semantic)
         batch, height, width = shape[0], shape[1], shape[2]
@@ -374,19 +511,19 @@ class PanopticPostProcessor:
 
         # Every pixel's result depends only on its (image, instance, class) segment:
         # count the segments, decide each one's panoptic id, and look the ids up.
+        segments = (k + 1) * num_classes
         image = ops.arange(batch, dtype="int32")[:, None, None]
-        segment = (image * (k + 1) + instance) * num_classes + semantic
-        counts = ops.segment_sum(ops.ones((batch * height * width,), dtype="float32"),
-                                 ops.reshape(segment, (-1,)), num_segments=batch * (k + 1) * num_classes)
-        counts = ops.reshape(counts, (batch, k + 1, num_classes))
+        segment = instance * num_classes + semantic + image * segments
+        counts = ops.reshape(_count(segment, batch * segments, self.unroll),
+                             (batch, k + 1, num_classes))
         thing_table = ops.convert_to_tensor(
             [c in self.labels.thing_class_ids for c in range(num_classes)], dtype="bool")
         # Majority thing class of every instance (ties to the lowest class).
-        instance_class = ops.cast(ops.top_k(ops.where(thing_table, counts, -1.0), 1)[1][..., 0],
+        instance_class = ops.cast(ops.top_k(ops.where(thing_table, counts, -1), 1)[1][..., 0],
                                   "int32")  # [B, K + 1]
         # Stuff pixels all have instance 0, so counts[:, 0] holds every stuff class's area.
         big_stuff = ops.logical_and(ops.logical_not(thing_table),
-                                    counts[:, 0, :] >= float(self.settings.stuff_area_limit))  # [B, C]
+                                    counts[:, 0, :] >= self.settings.stuff_area_limit)  # [B, C]
         void = self.labels.void_id
         instance_ids = ops.arange(k + 1, dtype="int32")[None, :, None]
         class_ids = ops.arange(num_classes, dtype="int32")[None, None, :]
@@ -396,20 +533,22 @@ class PanopticPostProcessor:
         table = ops.where(instance_ids > 0,
                           instance_class[:, :, None] * self.labels.label_divisor + numbers,
                           ops.where(big_stuff[:, None, :], class_ids * self.labels.label_divisor, void))
-        panoptic = ops.take(ops.reshape(table, (-1,)), segment)
         if self.settings.convention == "deeplab2":
-            out_semantic = semantic
+            semantic_table = ops.broadcast_to(class_ids, ops.shape(table))
         else:
-            out_semantic = ops.where(ops.equal(panoptic, void), self.labels.ignore_label,
-                                     panoptic // self.labels.label_divisor)
+            semantic_table = ops.where(ops.equal(table, void), self.labels.ignore_label,
+                                       table // self.labels.label_divisor)
         score_table = ops.concatenate([ops.zeros((batch, 1), "float32"),
                                        ops.where(valid, scores, 0.0)], axis=1)
-        instance_scores = ops.take(ops.reshape(score_table, (-1,)), image * (k + 1) + instance)
+        score_table = ops.broadcast_to(score_table[:, :, None], ops.shape(table))
+        # One lookup of both ids (a two-column take costs little more than one column).
+        ids = ops.take(ops.reshape(ops.stack([table, semantic_table], axis=-1), (-1, 2)),
+                       segment, axis=0)
         points = ops.where(valid[..., None], ops.stack([center_y, center_x], axis=-1), -1)
         return {
-            "panoptic": ops.cast(panoptic, "int32"),
-            "semantic": ops.cast(out_semantic, "int32"),
+            "panoptic": ids[..., 0],
+            "semantic": ids[..., 1],
             "instance": ops.cast(instance, "int32"),
-            "instance_scores": instance_scores,
+            "instance_scores": ops.take(ops.reshape(score_table, (-1,)), segment),
             "center_points": ops.cast(points, "int32"),
         }
