@@ -37,6 +37,7 @@ from absl import app, flags
 from axial_keras.data import generate_digits_panoptic
 from axial_keras.metrics import PanopticQuality
 from axial_keras.saving import write_model_artifacts
+from benchmarks.measure import path_bytes
 from export import onnx as export_onnx
 from export import saved_model, tflite
 from export.runtime import load_exported
@@ -57,13 +58,6 @@ def define_flags() -> None:
     flags.DEFINE_string("work_dir", None, "Where the exported files go (default: a "
                         "temporary folder, removed afterwards).")
     flags.DEFINE_string("output", DEFAULT_OUTPUT, "The JSON results file.")
-
-
-def _size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, name))
-               for root, _, names in os.walk(path) for name in names)
 
 
 def _per_image(run, images) -> Tuple[Dict[str, np.ndarray], List[float]]:
@@ -118,7 +112,7 @@ def measure(checkpoint: str, work_dir: str, num_images: int) -> Dict:
         if reference is None:
             reference = outputs
         entry = {
-            "file_bytes": _size(path),
+            "file_bytes": path_bytes(path),
             "convert_seconds": round(convert_seconds, 1),
             "latency_ms": round(1000 * statistics.median(seconds), 2),
             "latency_ms_min": round(1000 * min(seconds), 2),

@@ -79,6 +79,14 @@ def cpu_flags() -> FrozenSet[str]:
     return frozenset()
 
 
+def path_bytes(path: str) -> int:
+    """Size of a file, or of every file under a directory (a SavedModel), in bytes."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(path) for name in names)
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far (`VmHWM` of /proc/self/status)."""
     with open("/proc/self/status") as f:

@@ -104,6 +104,21 @@ def forward(model: str, size: int, batch: int, output_stride: Optional[int] = No
             "peak_rss_gib": measure.peak_rss_bytes() / GIB}
 
 
+def _gradient_step(net, loss_fn, optimizer, jit_compile: bool = False):
+    """The harness's training step as one `tf.function`: forward in training mode,
+    `loss_fn(y, outputs)`, `tape.gradient` of the (scaled) loss, `optimizer.apply`."""
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, net(x, training=True))
+        grads = tape.gradient(optimizer.scale_loss(loss), net.trainable_variables)
+        optimizer.apply(grads, net.trainable_variables)
+        return loss
+
+    return step
+
+
 def train(model: str, size: int, batch: int, output_stride: Optional[int] = 16,
           dtype: str = "float32", variant: str = "graph", repeats: int = 3,
           warmup: Optional[int] = None, matmul_size: int = 2048) -> Dict:
@@ -135,13 +150,7 @@ def train(model: str, size: int, batch: int, output_stride: Optional[int] = 16,
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(net.trainable_variables)
 
-        @tf.function(jit_compile=jit_compile)
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(y, net(x, training=True))
-            grads = tape.gradient(optimizer.scale_loss(loss), net.trainable_variables)
-            optimizer.apply(grads, net.trainable_variables)
-            return loss
+        step = _gradient_step(net, loss_fn, optimizer, jit_compile)
 
         def call():
             return step(images, labels)
@@ -254,14 +263,7 @@ def deeplab_train(model: str, height: int, width: int, batch: int,
         height, width, labels.num_classes, labels.thing_class_ids, instances,
         labels.label_divisor, seed=i) for i in range(batch)]))
 
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, net(x, training=True))
-        grads = tape.gradient(loss, net.trainable_variables)
-        optimizer.apply(grads, net.trainable_variables)
-        return loss
-
+    step = _gradient_step(net, loss_fn, optimizer)
     timing, peaks = _peak_around(lambda: measure.time_calls(lambda: step(images, panoptic),
                                                              repeats, warmup), matmul_size)
     return {"model": model, "height": height, "width": width, "batch": batch,
@@ -269,11 +271,6 @@ def deeplab_train(model: str, height: int, width: int, batch: int,
             "optimizer": "SGD(0.01, momentum=0.9)", "images_per_s": batch / timing["median_s"],
             "madds_per_image": net.madds((1, height, width, 3)), **peaks, **timing,
             "peak_rss_gib": measure.peak_rss_bytes() / GIB}
-
-
-def _directory_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, name))
-               for root, _, names in os.walk(path) for name in names)
 
 
 def zoo_export(model: str, variant: str, height: int, width: int,
@@ -318,7 +315,7 @@ def zoo_export(model: str, variant: str, height: int, width: int,
     result = {"stage": "export", "model": model, "variant": variant, "tiny": tiny,
               "height": height, "width": width, "spans": None if spans is None else list(spans),
               "trainable_params": params, "madds_per_image": madds, **times,
-              "saved_model_bytes": _directory_bytes(saved_model_dir), **peaks,
+              "saved_model_bytes": measure.path_bytes(saved_model_dir), **peaks,
               "peak_rss_gib": measure.peak_rss_bytes() / GIB}
     if tflite_path:
         result["litert_bytes"] = os.path.getsize(tflite_path)

@@ -18,20 +18,38 @@ pytestmark = pytest.mark.long
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# Eager JAX runs the full-width models op by op and XLA-compiles the battery's `fit`:
-# 30-300 s each here. Their layers pass the same battery under JAX in test_layers.py
-# (FullAxialStem with local spans included), the smallest variant still runs here, and
-# the converted zoo models (exact GeLU included) run under JAX in test_zoo_parity.py.
+# Deselected under JAX, each of 20-130 s here and each covered elsewhere under JAX (measured
+# with `--durations`; together they were a quarter of `make test`'s wall clock):
+# - test_models: eager JAX runs the full-width models op by op, and the battery XLA-compiles
+#   its `fit` (130 s for the tiny classifier). Every layer of those models passes the same
+#   battery under JAX in test_layers.py, the model dtype, endpoint and forward tests still
+#   run here on the tiny variant, and the converted zoo models run under JAX in
+#   test_zoo_parity.py. Stride 8 of the endpoint test is the slow one of three.
+# - test_layers: the battery of FullAxialStem (60 s) and of the strided AxialBottleneck
+#   (30 s); their AxialAttention2D, the unstrided bottleneck and the local spans keep theirs.
+# - test_postprocessing: the tile-independence and batch-mate checks (20 s each), which run
+#   the same grouping as the exactness tests that stay (`tile` 1000 of the first stays).
 SLOW_UNDER_JAX = {
     "tests/test_models.py": [
+        "test_keras_battery[kwargs0-input_shape0-weights0-1056469]",
         "test_keras_battery[kwargs1-input_shape1-weights1-1085760]",
+        "test_endpoint_strides[8]",
         *(f"test_every_variant_runs_a_small_forward_pass[{name}]" for name in list_models()
           if name.startswith(("axial_resnet", "full_axial")) and name != "axial_resnet_tiny"),
+    ],
+    "tests/test_layers.py": [
+        "test_keras_battery[FullAxialStem-11]",
+        "test_keras_battery[AxialBottleneck-5]",
+    ],
+    "tests/test_postprocessing.py": [
+        "test_panoptic_maps_do_not_depend_on_the_grouping_tile[1]",
+        "test_panoptic_maps_do_not_depend_on_the_grouping_tile[8]",
+        "test_an_image_does_not_depend_on_its_batch_mates",
     ],
 }
 # The fewest tests each file must pass under JAX (what it holds today, less slack for a
 # test merged or split): an empty or mostly deselected run fails.
-MIN_PASSED = {"tests/test_layers.py": 40, "tests/test_models.py": 15,
+MIN_PASSED = {"tests/test_layers.py": 40, "tests/test_models.py": 12,
               "tests/test_postprocessing.py": 25, "tests/test_panoptic_predictor.py": 4}
 
 
