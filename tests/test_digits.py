@@ -18,5 +18,5 @@ def test_digits_split_is_fixed_and_stratified():
 
 @pytest.mark.long
 def test_tiny_axial_resnet_learns_digits_with_fit():
-    _, accuracy, _ = train_digits("axial_resnet_tiny", epochs=3, verbose=0)
-    assert accuracy >= 0.85, accuracy  # chance is 0.1; 12 epochs reach ~0.98
+    _, accuracy, _ = train_digits("axial_resnet_tiny", epochs=2, verbose=0)
+    assert accuracy >= 0.85, accuracy  # chance is 0.1; 2 epochs reach 0.93 here, 12 ~0.98
