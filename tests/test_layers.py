@@ -165,6 +165,38 @@ def test_attention_computes_in_its_own_dtype_policy(policy, cls, kwargs):
                                    atol=TOLERANCE[policy] * np.abs(want).max(), err_msg=w.path)
 
 
+@pytest.mark.parametrize("matmul_min_channels", [1, 10 ** 9])
+@pytest.mark.parametrize("kernel, strides, dilation", [(1, 1, 1), (3, 1, 1), (3, 1, 2), (5, 1, 1),
+                                                       (3, 2, 1), (1, 2, 1)])
+def test_conv_norm_act_equals_conv_then_batch_norm(monkeypatch, matmul_min_channels, kernel,
+                                                   strides, dilation):
+    # Both forms of the convolution (matrix products of shifted views, the native op) and
+    # the inference batch norm folded into the kernel give conv -> batch norm's numbers.
+    from axial_keras.layers import blocks
+    monkeypatch.setattr(blocks, "MATMUL_MIN_CHANNELS", matmul_min_channels)
+    rng = np.random.RandomState(kernel + 10 * dilation + 100 * strides)
+    x = rng.normal(size=(2, 9, 7, 16)).astype("float32")
+    layer = ConvNormAct(8, kernel, strides=strides, dilation_rate=dilation, activation="relu")
+    layer.build(x.shape)
+    bn = layer.batch_norm
+    bn.gamma.assign(rng.uniform(0.5, 1.5, 8).astype("float32"))
+    bn.beta.assign(rng.normal(size=8).astype("float32"))
+    bn.moving_mean.assign(rng.normal(size=8).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, 8).astype("float32"))
+
+    def reference(training):
+        padded = layer.pad(x) if layer.pad is not None else x
+        return np.maximum(np.asarray(bn(layer.conv(padded), training=training)), 0.0)
+
+    want = reference(False)
+    got = np.asarray(layer(x, training=False))
+    assert got.shape == want.shape == (2, -(-9 // strides), -(-7 // strides), 8)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    got_train = np.asarray(layer(x, training=True))   # batch statistics
+    np.testing.assert_allclose(got_train, reference(True), atol=1e-5, rtol=1e-5)
+    assert np.abs(got_train - got).max() > 1e-2   # the two modes differ: both were checked
+
+
 def test_drop_path_drops_whole_samples_and_keeps_the_mean():
     layer = DropPath(0.5, seed=1)
     x = np.ones((4000, 2, 2, 1), "float32")

@@ -13,6 +13,11 @@ from keras import ops
 
 from axial_keras.layers.axial_attention import CHUNK_ELEMENTS, AxialAttention2D
 from axial_keras.layers.madds import layer_madds
+from axial_keras.layers.normalization import folded_convolution, uses_batch_statistics
+
+
+# Input channels from which a stride-1 convolution runs as matrix products (`ConvNormAct`).
+MATMUL_MIN_CHANNELS = 512
 
 
 def _check_filters(name: str, value) -> int:
@@ -96,9 +101,42 @@ class ConvNormAct(keras.layers.Layer):
         self.conv.build(shape)
         self.batch_norm.build(self.conv.compute_output_shape(shape))
 
+    def _convolve(self, x, kernel):
+        """The convolution of `x` (padded for a strided one) with `kernel` [k, k, in, out].
+
+        A stride-1 convolution over at least `MATMUL_MIN_CHANNELS` input channels runs as
+        k * k matrix products of shifted views (a 1x1 one as one product): on CPU those
+        reach the matmul rate where TensorFlow's oneDNN convolution runs at about half of it
+        (benchmarks/results: 3x3 512 -> 512 at 65 x 129, 95 vs 179 GFLOP/s). Same sums in
+        another order (float32 rounding only).
+        """
+        channels = kernel.shape[2]
+        if self.strides != 1 or channels < MATMUL_MIN_CHANNELS:
+            return ops.conv(x, kernel, strides=self.strides, padding=self.conv.padding,
+                            dilation_rate=self.dilation_rate)
+        if self.kernel_size == 1:
+            return ops.matmul(x, kernel[0, 0])
+        total = (self.kernel_size - 1) * self.dilation_rate
+        begin = total // 2   # 'same' padding of a stride-1 convolution
+        shape = ops.shape(x)
+        padded = ops.pad(x, [[0, 0], [begin, total - begin], [begin, total - begin], [0, 0]])
+        out = None
+        for i in range(self.kernel_size):
+            for j in range(self.kernel_size):
+                view = ops.slice(padded, [0, i * self.dilation_rate, j * self.dilation_rate, 0],
+                                 [shape[0], shape[1], shape[2], channels])
+                term = ops.matmul(view, kernel[i, j])
+                out = term if out is None else out + term
+        return out
+
     def call(self, inputs, training=None):
-        x = self.pad(inputs) if self.pad is not None else inputs
-        x = self.batch_norm(self.conv(x), training=training)
+        x = ops.cast(self.pad(inputs) if self.pad is not None else inputs, self.compute_dtype)
+        if uses_batch_statistics(self.batch_norm, training):
+            kernel = ops.cast(self.conv.kernel, self.compute_dtype)
+            x = self.batch_norm(self._convolve(x, kernel), training=training)
+        else:  # the inference batch norm is an affine map: fold it into the kernel.
+            kernel, bias = folded_convolution(self.batch_norm, self.conv.kernel, self.compute_dtype)
+            x = self._convolve(x, kernel) + bias
         return self.act(x) if self.act is not None else x
 
     def compute_output_shape(self, input_shape):

@@ -14,6 +14,7 @@ from keras import ops
 
 from axial_keras.layers.blocks import ConvNormAct
 from axial_keras.layers.madds import layer_madds
+from axial_keras.layers.normalization import folded_convolution, uses_batch_statistics
 from axial_keras.layers.resize import resize_align_corners
 
 
@@ -47,8 +48,17 @@ class SeparableConvNormAct(keras.layers.Layer):
         self.pointwise.build(input_shape)
 
     def call(self, inputs, training=None):
-        x = ops.relu(self.depthwise_bn(self.depthwise_conv(inputs), training=training))
-        return self.pointwise(x, training=training)
+        if uses_batch_statistics(self.depthwise_bn, training):
+            x = self.depthwise_bn(self.depthwise_conv(inputs), training=training)
+        else:  # fold the inference batch norm into the depthwise kernel
+            conv = self.depthwise_conv
+            kernel, bias = folded_convolution(self.depthwise_bn, conv.kernel, self.compute_dtype,
+                                              depthwise=True)
+            x = ops.depthwise_conv(ops.cast(inputs, self.compute_dtype), kernel,
+                                   strides=conv.strides, padding=conv.padding,
+                                   data_format=conv.data_format,
+                                   dilation_rate=conv.dilation_rate) + bias
+        return self.pointwise(ops.relu(x), training=training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)

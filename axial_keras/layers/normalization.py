@@ -1,9 +1,38 @@
-"""Batch-norm weights with one entry per index of several axes, applied as an affine map."""
+"""Batch norms applied as affine maps: multi-axis weights, and folding into a convolution."""
 
 import keras
 from keras import ops
 
 from axial_keras.layers.attention_statistics import folded_affine
+
+
+def uses_batch_statistics(batch_norm, training) -> bool:
+    """Whether a keras `BatchNormalization` normalizes with the batch (as its `call` decides)."""
+    return bool(training) and batch_norm.trainable
+
+
+def folded_convolution(batch_norm, kernel, compute_dtype, depthwise: bool = False):
+    """(kernel, bias) of `batch_norm(conv(x))` in inference mode, as one biased convolution.
+
+    The inference batch norm is `conv(x) * scale + shift` per output channel, so it folds
+    into the kernel (scaled per output channel, in float32) and a bias: one pass over the
+    output instead of a convolution plus a multiply-add at full resolution.
+
+    Args:
+        batch_norm: a built keras `BatchNormalization` over the convolution's channels.
+        kernel: the convolution's kernel, [kh, kw, in, out] (or [kh, kw, in, 1] when
+            `depthwise`, one output channel per input channel).
+        compute_dtype: dtype of the returned kernel and bias.
+        depthwise: bool. `kernel` is a depthwise kernel with depth multiplier 1.
+    """
+    gamma = batch_norm.gamma if batch_norm.gamma is not None else ops.ones_like(batch_norm.moving_mean)
+    beta = batch_norm.beta if batch_norm.beta is not None else ops.zeros_like(batch_norm.moving_mean)
+    scale, shift = folded_affine(gamma, beta, batch_norm.moving_mean, batch_norm.moving_variance,
+                                 batch_norm.epsilon)
+    if depthwise:
+        scale = scale[:, None]
+    folded = ops.cast(ops.cast(kernel, "float32") * scale, compute_dtype)
+    return folded, ops.cast(shift, compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="axial_keras")
