@@ -18,7 +18,7 @@ from keras import ops
 
 from attention_reference import randomize_weights
 from axial_keras.layers import AxialAttention
-from axial_keras.layers.attention_kernels import rows_per_chunk
+from axial_keras.layers.attention_kernels import even_rows, rows_per_chunk
 from axial_keras.layers.axial_attention import CHUNK_ELEMENTS
 
 tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
@@ -148,19 +148,29 @@ def test_banded_equals_masked(shape, axis, span, training):
 
 @pytest.mark.parametrize("span", [None, 7])
 @pytest.mark.parametrize("training", [False, True])
-@pytest.mark.parametrize("chunked", [True, False])
-def test_many_chunks_with_padding_rows_equal_one(span, training, chunked):
-    # 2 x 13 = 26 rows; chunks of 4 rows leave 2 padding rows in the last chunk.
-    # chunk_elements=None attends all 26 rows at once.
+@pytest.mark.parametrize("chunk_rows", [8, 13, None])
+def test_many_chunks_with_padding_rows_equal_one(span, training, chunk_rows):
+    # 2 x 13 = 26 rows. Chunks of 8 rows (no size in 4..8 divides 26) leave 6 padding rows
+    # in the last chunk; 13 rows divide 26 (2 chunks, nothing padded); None attends all
+    # 26 rows at once.
     shape = (2, 23, 13, 6)
     x = np.random.RandomState(2).normal(size=shape).astype("float32")
-    chunk_elements = 4 * 2 * 23 * 23 if chunked else None
+    chunk_elements = None if chunk_rows is None else chunk_rows * 2 * 23 * 23
     layer = _layer(shape, 1, span, seed=3, chunk_elements=chunk_elements)
     want, _ = masked_reference(layer, x, training)
-    if chunked:
-        assert rows_per_chunk(chunk_elements, 2, 23, None if span is None else 3) == 4
+    if chunk_rows is not None:
+        rows = rows_per_chunk(chunk_elements, 2, 23, None if span is None else 3)
+        assert rows == chunk_rows and even_rows(26, rows) == chunk_rows
     got = layer(x, training=training)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-4, rtol=2e-4)
+
+
+def test_even_rows_divides_the_rows_when_it_can():
+    assert even_rows(896, 10) == 8      # 112 chunks instead of 90 with 4 padding rows
+    assert even_rows(448, 41) == 32
+    assert even_rows(26, 8) == 8        # nothing in 4..8 divides 26: padded
+    assert even_rows(5, 16) == 5        # fewer rows than a chunk: one chunk
+    assert even_rows(7, 1) == 1
 
 
 @tensorflow_only
