@@ -409,6 +409,12 @@ def markdown(results: Dict) -> str:
                   "| op | share | s |", "|---|---|---|"]
         for op in run["ops"]:
             lines.append(f"| {op['op']} | {100 * op['share']:.1f}% | {op['seconds']:.3f} |")
+        if run.get("train_ops"):
+            lines += ["", f"Op-type shares of one {run['model']} training step (the train "
+                      f"section's graph step, stride {run['train_output_stride']}):", "",
+                      "| op | share | s |", "|---|---|---|"]
+            for op in run["train_ops"]:
+                lines.append(f"| {op['op']} | {100 * op['share']:.1f}% | {op['seconds']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

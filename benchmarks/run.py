@@ -19,7 +19,7 @@ yardstick, before and after):
 - deeplab: `--deeplab_model` forward of one `--deeplab_size` image with local spans;
 - deeplab_train: `--deeplab_model` training step (`PanopticDeepLabLoss` on synthetic
   street labels) on `--deeplab_train_size` crops with span `--deeplab_span`;
-- profile: op-type shares of one forward of `--model`;
+- profile: op-type shares of one forward and one train step of `--model`;
 - zoo_export: `--zoo_model` (random weights) exported as a SavedModel through the
   preset export path, post-processing included, once with global attention and once with
   `--zoo_local_spans`, and converted to LiteRT float32 at `--zoo_size`; export and
@@ -211,7 +211,8 @@ def plan(values, zoo_dir: str) -> List[Dict]:
             repeats=2 if quick else values.deeplab_train_repeats)})
     if "profile" in sections:
         jobs.append({"section": "profile", "kwargs": dict(
-            model=model, size=size, batch=batch, output_stride=int(values.output_strides[0]))})
+            model=model, size=size, batch=batch, output_stride=int(values.output_strides[0]),
+            train_output_stride=values.train_output_stride)})
     if "zoo_export" in sections:
         jobs += _zoo_jobs(values, zoo_dir)
     if quick:

@@ -345,16 +345,27 @@ def zoo_serve(variant: str, path: str, height: int, width: int, repeats: int = 3
 
 
 def profile(model: str, size: int, batch: int, output_stride: Optional[int] = None,
-            top: int = 15) -> Dict:
-    """Op-type shares of one inference call of a registry classifier."""
+            train_output_stride: Optional[int] = 16, top: int = 15) -> Dict:
+    """Op-type shares of one inference call of a registry classifier (`ops`) and of one
+    training step of the `train` section's graph variant (`train_ops`)."""
     net = _classifier(model, output_stride)
     images = tf.random.stateless_normal((batch, size, size, 3), seed=(0, 1))
     step = tf.function(lambda x: net(x, training=False))
     measure.time_calls(lambda: step(images), repeats=1, warmup=1)
     start = time.perf_counter()
     shares = measure.op_type_shares(lambda: step(images), top=top)
-    return {"model": model, "size": size, "batch": batch, "output_stride": net.backbone.output_stride,
-            "profile_s": time.perf_counter() - start, **shares}
+    profile_s = time.perf_counter() - start
+    net = _classifier(model, train_output_stride)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer.build(net.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    labels = tf.random.stateless_uniform((batch,), seed=(2, 3), maxval=1000, dtype=tf.int32)
+    train_step = _gradient_step(net, loss_fn, optimizer)
+    measure.time_calls(lambda: train_step(images, labels), repeats=1, warmup=1)
+    train_shares = measure.op_type_shares(lambda: train_step(images, labels), top=top)
+    return {"model": model, "size": size, "batch": batch, "output_stride": output_stride,
+            "train_output_stride": net.backbone.output_stride, "profile_s": profile_s,
+            **shares, "train_ops": train_shares["ops"], "train_wall_s": train_shares["wall_s"]}
 
 
 SECTIONS = {"forward": forward, "train": train, "attention": attention,

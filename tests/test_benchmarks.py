@@ -78,6 +78,11 @@ def test_timed_runs_report_rates_memory_and_the_matmul_yardstick(quick_run):
     shares = [op["share"] for op in results["profile"]["ops"]]
     assert sum(shares) == pytest.approx(1.0) and all(s > 0 for s in shares)
     assert not any(":" in op["op"] for op in results["profile"]["ops"])
+    train_shares = [op["share"] for op in results["profile"]["train_ops"]]
+    assert sum(train_shares) == pytest.approx(1.0) and all(s > 0 for s in train_shares)
+    # A training step runs gradient ops, which no forward has.
+    assert any("Grad" in op["op"] or "Backprop" in op["op"]
+               for op in results["profile"]["train_ops"])
 
 
 def test_the_keras_user_path_records_the_jit_compile_keras_resolved(quick_run):
