@@ -267,3 +267,36 @@ def test_the_similarity_shift_gets_a_zero_gradient_not_none():
     grad = tape.gradient(loss, layer.batch_norm_similarity.beta)
     assert grad is not None and np.all(np.asarray(grad) == 0.0)
 
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+@pytest.mark.parametrize("length", [9, 12])
+@pytest.mark.parametrize("span", [None, 5])
+@pytest.mark.parametrize("chunk_elements", [None, 3 * 2 * 12 * 12])
+def test_query_stride_keeps_the_strided_positions(axis, length, span, chunk_elements):
+    # Inference with a global span attends only positions 0, 2, 4, ...; anything else
+    # attends all and slices. Both return what the full output keeps at those positions.
+    shape = (2, length, 7, 5) if axis == 1 else (2, 7, length, 5)
+    x = np.random.RandomState(4).normal(size=shape).astype("float32")
+    layer = _layer(shape, axis, span, seed=5, chunk_elements=chunk_elements)
+    full = np.asarray(layer(x, training=False))
+    want = full[:, ::2] if axis == 1 else full[:, :, ::2]
+    got = np.asarray(layer(x, training=False, query_stride=2))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    # The sum over the kept queries moves with a small change of an odd-position input
+    # too (it is a key), smoothly.
+    step = np.zeros_like(x)
+    step[(slice(None), 1) if axis == 1 else (slice(None), slice(None), 1)] = 1e-3
+    moved = np.asarray(layer(x + step, training=False, query_stride=2))
+    change = np.abs(moved - got).max()
+    assert 0 < change < 1e-1
+
+
+def test_query_stride_in_training_equals_the_sliced_full_output():
+    shape = (2, 10, 6, 5)
+    x = np.random.RandomState(6).normal(size=shape).astype("float32")
+    layer = _layer(shape, 1, None, seed=7)
+    full = np.asarray(layer(x, training=True))
+    got = np.asarray(layer(x, training=True, query_stride=2))
+    np.testing.assert_allclose(got, full[:, ::2], atol=1e-5, rtol=1e-5)

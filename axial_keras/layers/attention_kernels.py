@@ -84,33 +84,36 @@ def key_blocks(x, radius: int, block: int, blocks):
 def global_attention(q_key, q_rpe, k, k_rpe, v, r_q, r_k, r_v):
     """Attention of every position to the whole axis, for a chunk of rows.
 
+    The queries may be a subset of the positions (Lq of them, e.g. every other one, as
+    a strided block keeps), the keys are the whole axis (L).
+
     Args:
-        q_key, q_rpe, k, k_rpe: [rows, heads, L, key_dim]: q and k scaled by the
-            similarity batch norm of the q.k, q.r_q and k.r_k terms.
+        q_key, q_rpe: [rows, heads, Lq, key_dim], k, k_rpe: [rows, heads, L, key_dim]:
+            q and k scaled by the similarity batch norm of the q.k, q.r_q and k.r_k terms.
         v: [rows, heads, L, value_dim].
-        r_q: [L(query), key_dim, L(key)], r_k: [L(key), key_dim, L(query)],
-        r_v: [L(query), L(key), value_dim]: relative embeddings per position pair (the
+        r_q: [Lq(query), key_dim, L(key)], r_k: [L(key), key_dim, Lq(query)],
+        r_v: [Lq(query), L(key), value_dim]: relative embeddings per position pair (the
             layouts of `global_layout`).
 
     Returns:
-        (sum_p w v_p, sum_p w r^v_{p-o}), each [rows, heads, L, value_dim].
+        (sum_p w v_p, sum_p w r^v_{p-o}), each [rows, heads, Lq, value_dim].
     """
-    shape = ops.shape(q_key)
-    rows, heads, length = shape[0], q_key.shape[1], shape[2]
+    rows, heads, queries = ops.shape(q_key)[0], q_key.shape[1], ops.shape(q_key)[2]
+    keys = ops.shape(k)[2]
     value_dim = v.shape[-1]
-    similarity = ops.matmul(q_key, ops.transpose(k, (0, 1, 3, 2)))  # [rows, h, L, L]
+    similarity = ops.matmul(q_key, ops.transpose(k, (0, 1, 3, 2)))  # [rows, h, Lq, L]
     # Relative terms: matmuls batched over the query (q.r_q) or the key (k.r_k) position.
     by_position = (2, 0, 1, 3)
-    q_pos = ops.reshape(ops.transpose(q_rpe, by_position), (length, -1, q_rpe.shape[-1]))
-    by_query = ops.reshape(ops.matmul(q_pos, r_q), (length, rows, heads, length))
-    k_pos = ops.reshape(ops.transpose(k_rpe, by_position), (length, -1, k_rpe.shape[-1]))
-    by_key = ops.reshape(ops.matmul(k_pos, r_k), (length, rows, heads, length))
+    q_pos = ops.reshape(ops.transpose(q_rpe, by_position), (queries, -1, q_rpe.shape[-1]))
+    by_query = ops.reshape(ops.matmul(q_pos, r_q), (queries, rows, heads, keys))
+    k_pos = ops.reshape(ops.transpose(k_rpe, by_position), (keys, -1, k_rpe.shape[-1]))
+    by_key = ops.reshape(ops.matmul(k_pos, r_k), (keys, rows, heads, queries))
     similarity = (similarity + ops.transpose(by_query, (1, 2, 0, 3))
                   + ops.transpose(by_key, (1, 2, 3, 0)))
     weights = ops.softmax(similarity, axis=-1)
     y_v = ops.matmul(weights, v)
-    w_pos = ops.reshape(ops.transpose(weights, by_position), (length, -1, length))
-    y_rv = ops.reshape(ops.matmul(w_pos, r_v), (length, rows, heads, value_dim))
+    w_pos = ops.reshape(ops.transpose(weights, by_position), (queries, -1, keys))
+    y_rv = ops.reshape(ops.matmul(w_pos, r_v), (queries, rows, heads, value_dim))
     return y_v, ops.transpose(y_rv, (1, 2, 0, 3))
 
 
@@ -229,7 +232,7 @@ def _map_chunks(fn: Callable, tensors: Sequence, rows):
 
 
 def attend(q, k, v, tables, logit_scale, radius: Optional[int], length,
-           chunk_elements: Optional[int], epilogue: Callable):
+           chunk_elements: Optional[int], epilogue: Callable, query_stride: int = 1):
     """Axial attention of rows, each term's logits scaled per head, in chunks of rows.
 
     Args:
@@ -241,6 +244,8 @@ def attend(q, k, v, tables, logit_scale, radius: Optional[int], length,
         chunk_elements: None or int. Rows go through `ops.map` in chunks whose largest
             tensor has about this many elements; None attends all rows at once (no loop).
         epilogue: maps (sum_p w v_p, sum_p w r^v_{p-o}) of a chunk to its result.
+        query_stride: int. Only every `query_stride`-th query position (0, s, 2s, ...)
+            attends, against all keys; global span only.
 
     Returns:
         `epilogue`'s result for all rows, joined along axis 0.
@@ -248,10 +253,16 @@ def attend(q, k, v, tables, logit_scale, radius: Optional[int], length,
     logit_scale = ops.cast(logit_scale, q.dtype)
     scale = [ops.reshape(logit_scale[i], (1, -1, 1, 1)) for i in range(3)]
     tables = tuple(ops.cast(t, q.dtype) for t in tables)
+    if query_stride > 1:
+        if radius is not None:
+            raise ValueError("A query stride needs the global span.")
+        tables = tuple(t[::query_stride] for t in tables)  # [query o, key p, depth]
     if radius is None:
         tables = global_layout(*tables)
 
     def core(q, k, v):
+        if query_stride > 1:
+            q = q[:, :, ::query_stride]
         q_key, q_rpe, k_rpe = q * scale[0], q * scale[1], k * scale[2]
         if radius is None:
             return epilogue(*global_attention(q_key, q_rpe, k, k_rpe, v, *tables))

@@ -230,10 +230,18 @@ class AxialAttention(keras.layers.Layer):
         return (ops.cast(scale, dtype)[:, :, None],
                 ops.cast(ops.sum(shift, axis=0), dtype)[:, None])
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, query_stride: int = 1):
+        """Attention along `axis`; with `query_stride` s > 1 only positions 0, s, 2s, ...
+        of that axis are returned (`[..., ceil(L / s), ...]`, what `x[:, ::s]` keeps),
+        at inference with a global span computed for those queries only."""
         shape = ops.shape(inputs)
         length = shape[self.axis]
         radius = self._radius(inputs.shape[self.axis])
+        if query_stride > 1 and (training or radius is not None):
+            # The batch statistics of training take every query; the banded kernel
+            # attends whole blocks of queries: attend all, then keep the strided ones.
+            out = self.call(inputs, training=training)
+            return out[:, ::query_stride] if self.axis == 1 else out[:, :, ::query_stride]
         q, k, v = self._project(inputs, training)
         r_q, r_k, r_v = (relative_embeddings(table, length, radius, self.max_span)
                          for table in (self.query_rpe, self.key_rpe, self.value_rpe))
@@ -256,7 +264,7 @@ class AxialAttention(keras.layers.Layer):
         # head and channel; at inference it is applied inside each chunk of rows.
         def attention(epilogue):
             return attend(q, k, v, (r_q, r_k, r_v), logit_scale, radius, length,
-                          self.chunk_elements, epilogue)
+                          self.chunk_elements, epilogue, query_stride)
 
         if training:
             y_v, y_rv = (ops.cast(y, "float32") for y in attention(lambda y_v, y_rv: (y_v, y_rv)))
@@ -269,6 +277,9 @@ class AxialAttention(keras.layers.Layer):
                                                self.batch_norm_output.moving_variance,
                                                self.compute_dtype)
             out = attention(lambda y_v, y_rv: y_v * scale[0] + y_rv * scale[1] + shift)
+        if query_stride > 1:
+            shape = tuple((length + query_stride - 1) // query_stride if i == self.axis else n
+                          for i, n in enumerate(shape))
         return self._from_rows(out, shape)
 
     def compute_output_shape(self, input_shape):
@@ -362,13 +373,8 @@ class AxialAttention2D(keras.layers.Layer):
         return tuple(shape)
 
     def call(self, inputs, training=None):
-        x = self.height_axis(inputs, training=training)
-        if self.strides > 1:
-            x = x[:, :: self.strides]
-        x = self.width_axis(x, training=training)
-        if self.strides > 1:
-            x = x[:, :, :: self.strides]
-        return x
+        x = self.height_axis(inputs, training=training, query_stride=self.strides)
+        return self.width_axis(x, training=training, query_stride=self.strides)
 
     def compute_output_shape(self, input_shape):
         shape = self._strided(self._strided(input_shape, 1), 2)
