@@ -322,7 +322,9 @@ class AxialAttention2D(keras.layers.Layer):
 
     The pair that replaces a 3x3 convolution in an axial bottleneck block (PAPER.md
     section 2). No projection sits between the two axes; the stride is applied on each
-    axis right after that axis's attention (`x[:, ::s]`, output size `ceil(n / s)`).
+    axis right after that axis's attention (`x[:, ::s]`, output size `ceil(n / s)`). At
+    inference with a global span only the kept positions attend, as queries (against
+    every key): the same numbers for half the attention work.
 
     Args:
         num_heads: int. Heads of each axial layer.
