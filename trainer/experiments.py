@@ -442,8 +442,9 @@ def panoptic_loss_args(task: PanopticTaskConfig) -> Dict[str, Any]:
 # steps it learns the digit classes faster (held-out PQ 38.2, things 27.3 at 900 steps against
 # 34.2 / 22.5 with attention from stride 4 on) and its step is 2.8x cheaper here, so 3600 steps
 # of 16 (24 epochs) take less time than the former 1800. One evaluation, at the end.
-# Held-out PQ 50.2 (things 41.3, stuff 94.9), 4.15 steps/s on the shared 2 cores; the limit
-# is the digit class (63% of instances get the right majority class; true classes: PQ 72).
+# Held-out PQ 49.4 (things 40.3, stuff 94.6) in 5 min 28 s on 2 quiet cores (2026-12-03; 6600
+# steps: PQ 50.7); the limit is the digit class (63% of instances get the right majority
+# class; true classes: PQ 72).
 register(ExperimentConfig(
     name="digits_panoptic",
     task=PanopticTaskConfig(labels=DIGITS_PANOPTIC, sigma=3.0, small_instance_area=16 * 16,
