@@ -104,6 +104,16 @@ def forward(model: str, size: int, batch: int, output_stride: Optional[int] = No
             "peak_rss_gib": measure.peak_rss_bytes() / GIB}
 
 
+def _training_setup(batch: int, size: int):
+    """What a harness train step takes: SGD with momentum, softmax cross-entropy, and one
+    random batch of images [batch, size, size, 3] with 1000-way labels."""
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    images = tf.random.stateless_normal((batch, size, size, 3), seed=(0, 1))
+    labels = tf.random.stateless_uniform((batch,), seed=(2, 3), maxval=1000, dtype=tf.int32)
+    return optimizer, loss_fn, images, labels
+
+
 def _gradient_step(net, loss_fn, optimizer, jit_compile: bool = False):
     """The harness's training step as one `tf.function`: forward in training mode,
     `loss_fn(y, outputs)`, `tape.gradient` of the (scaled) loss, `optimizer.apply`."""
@@ -134,10 +144,7 @@ def train(model: str, size: int, batch: int, output_stride: Optional[int] = 16,
     _check_variant(variant)
     _set_policy(dtype)
     net = _classifier(model, output_stride)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    images = tf.random.stateless_normal((batch, size, size, 3), seed=(0, 1))
-    labels = tf.random.stateless_uniform((batch,), seed=(2, 3), maxval=1000, dtype=tf.int32)
+    optimizer, loss_fn, images, labels = _training_setup(batch, size)
     if variant == "keras":
         net.compile(optimizer=optimizer, loss=loss_fn)
         jit_compile, requested = bool(net.jit_compile), "auto"
@@ -349,21 +356,19 @@ def profile(model: str, size: int, batch: int, output_stride: Optional[int] = No
     """Op-type shares of one inference call of a registry classifier (`ops`) and of one
     training step of the `train` section's graph variant (`train_ops`)."""
     net = _classifier(model, output_stride)
-    images = tf.random.stateless_normal((batch, size, size, 3), seed=(0, 1))
+    optimizer, loss_fn, images, labels = _training_setup(batch, size)
     step = tf.function(lambda x: net(x, training=False))
     measure.time_calls(lambda: step(images), repeats=1, warmup=1)
     start = time.perf_counter()
     shares = measure.op_type_shares(lambda: step(images), top=top)
     profile_s = time.perf_counter() - start
+    forward_stride = net.backbone.output_stride
     net = _classifier(model, train_output_stride)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(net.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    labels = tf.random.stateless_uniform((batch,), seed=(2, 3), maxval=1000, dtype=tf.int32)
     train_step = _gradient_step(net, loss_fn, optimizer)
     measure.time_calls(lambda: train_step(images, labels), repeats=1, warmup=1)
     train_shares = measure.op_type_shares(lambda: train_step(images, labels), top=top)
-    return {"model": model, "size": size, "batch": batch, "output_stride": output_stride,
+    return {"model": model, "size": size, "batch": batch, "output_stride": forward_stride,
             "train_output_stride": net.backbone.output_stride, "profile_s": profile_s,
             **shares, "train_ops": train_shares["ops"], "train_wall_s": train_shares["wall_s"]}
 

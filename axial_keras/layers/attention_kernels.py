@@ -199,7 +199,7 @@ def even_rows(n: int, rows: int) -> int:
     if n <= rows:
         return max(n, 1)
     for size in range(rows, (rows + 1) // 2 - 1, -1):
-        if size > 0 and n % size == 0:
+        if n % size == 0:
             return size
     return rows
 
