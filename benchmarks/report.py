@@ -329,7 +329,7 @@ def _zoo_figures(runs: List[Dict], data: Optional[Dict], table: _Rows) -> None:
         export = exports[run["variant"]]
         size = f"{export['height']}x{export['width']}"
         label = (f"zoo {export['model']}{' (tiny stand-in)' if export['tiny'] else ''} {size},"
-                 f" spans {_spans(export['spans'])}")
+                 f" spans {_spans(export['spans'])}, {export.get('dtype', 'float32')}")
         theirs = None if export["tiny"] else _lookup(
             data, f"cityscapes_panoptic_{size}_batch1", export["model"])
         if run["stage"] == "export":
@@ -343,7 +343,9 @@ def _zoo_figures(runs: List[Dict], data: Optional[Dict], table: _Rows) -> None:
                           note=f"{run['litert_bytes'] / 1e6:.0f} MB")
             continue
         served = run["stage"] == "serve"
-        what = "SavedModel serving_uint8" if served else "LiteRT float32"
+        what = f"SavedModel {run['signature']}" if served else "LiteRT float32"
+        if run.get("signature") == "serving_default" and served:
+            what += " (PNG)"
         table.versus(f"{label}: {what} s/image (post-processing included)",
                      run["seconds_per_image"], "s", _lookup(theirs, "seconds_per_image_median"),
                      ZOO_TIME_TARGET if served else None, "<=", run,

@@ -22,10 +22,11 @@ yardstick, before and after):
 - profile: op-type shares of one forward and one train step of `--model`;
 - zoo_export: `--zoo_model` (random weights) exported as a SavedModel through the
   preset export path, post-processing included, once with global attention and once with
-  `--zoo_local_spans`, and converted to LiteRT float32 at `--zoo_size`; export and
-  conversion times, then in fresh processes the seconds per image and peak memory of
-  the SavedModel's `serving_uint8` signature and of the LiteRT model (hours of CPU at
-  1025x2049: `--sections` leaves it out, `--zoo_size` shrinks it).
+  `--zoo_local_spans`, each in every `--zoo_dtypes` policy, and the float32 exports
+  converted to LiteRT float32 at `--zoo_size`; export and conversion times, then in fresh
+  processes the seconds per image and peak memory of each of `--zoo_signatures` and of
+  the LiteRT model (hours of CPU at 1025x2049: `--sections` leaves it out, `--zoo_size`
+  shrinks it).
 
 The report compares with deeplab2 only through a baseline file (`--baseline`, default
 `<repo>/../shared/baselines/`): the one whose CPU flags match this machine's (AVX-512F
@@ -113,6 +114,12 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_list("zoo_local_spans", ["none", "65", "65", "65", "65"], "Spans per stage "
                       "of the local zoo_export run (export.saved_model --spans); empty: "
                       "global only.", **on)
+    flags.DEFINE_list("zoo_dtypes", ["float32", "mixed_bfloat16"], "Export dtype policies "
+                      "of the zoo runs (export.saved_model --dtype); each attention variant "
+                      "is exported in each.", **on)
+    flags.DEFINE_list("zoo_signatures", ["serving_uint8", "serving_default"], "SavedModel "
+                      "signatures served, each in its own process (serving_default gets the "
+                      "image as a PNG file).", **on)
     flags.DEFINE_bool("zoo_litert", True, "Also convert each zoo export to LiteRT float32 "
                       "and time it.", **on)
     flags.DEFINE_integer("zoo_repeats", 3, "Timed images per served zoo model.", **on)
@@ -143,13 +150,17 @@ def _size(text: str):
     return height, width
 
 
+def _choices(values: List[str], flag: str, choices) -> List[str]:
+    unknown = [v for v in values if v not in choices]
+    if unknown:
+        raise ValueError(f"--{flag} takes {', '.join(choices)}; got {', '.join(unknown)}.")
+    return list(values)
+
+
 def _variants(values: List[str], flag: str) -> List[str]:
     from benchmarks.sections import VARIANTS
 
-    unknown = [v for v in values if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"--{flag} takes {', '.join(VARIANTS)}; got {', '.join(unknown)}.")
-    return list(values)
+    return _choices(values, flag, VARIANTS)
 
 
 def plan(values, zoo_dir: str) -> List[Dict]:
@@ -222,27 +233,46 @@ def plan(values, zoo_dir: str) -> List[Dict]:
     return jobs
 
 
+# The SavedModel signatures zoo_serve runs.
+SIGNATURES = ("serving_uint8", "serving_default")
+# Short names of the zoo variants' export dtypes.
+DTYPE_SUFFIX = {"mixed_bfloat16": "bf16"}
+
+
 def _zoo_jobs(values, zoo_dir: str) -> List[Dict]:
     """zoo_export's jobs: per variant an export (and LiteRT conversion), then serving the
     SavedModel and the LiteRT model, each in its own process. A quick run exports the
     tiny stand-in with local spans only."""
-    from export.saved_model import parse_spans
+    from export.saved_model import EXPORT_DTYPES, parse_spans
 
     height, width = (65, 129) if values.quick else _size(values.zoo_size)
     local = [None, 5, 5, 5, 5] if values.quick else parse_spans(values.zoo_local_spans)
-    variants = [("local", list(local))] if values.quick else (
+    attention = [("local", list(local))] if values.quick else (
         [("global", None)] + ([("local", list(local))] if local else []))
     repeats = 2 if values.quick else values.zoo_repeats
     jobs = []
-    for variant, spans in variants:
-        saved_model = os.path.join(zoo_dir, variant, "saved_model")
-        litert = os.path.join(zoo_dir, variant, "model.tflite") if values.zoo_litert else None
-        jobs.append({"section": "zoo_export", "kwargs": dict(
-            model=values.zoo_model, variant=variant, height=height, width=width, spans=spans,
-            saved_model_dir=saved_model, tflite_path=litert, tiny=bool(values.quick))})
-        for path in [saved_model] + ([litert] if litert else []):
-            jobs.append({"section": "zoo_serve", "key": "zoo_export", "kwargs": dict(
-                variant=variant, path=path, height=height, width=width, repeats=repeats)})
+    # A quick run exports float32 only (tests/test_export_formats.py covers bfloat16).
+    dtypes = _choices(values.zoo_dtypes, "zoo_dtypes", EXPORT_DTYPES)
+    signatures = _choices(values.zoo_signatures, "zoo_signatures", SIGNATURES)
+    for dtype in ["float32"] if values.quick else dtypes:
+        for name, spans in attention:
+            variant = name if dtype == "float32" else f"{name}_{DTYPE_SUFFIX.get(dtype, dtype)}"
+            saved_model = os.path.join(zoo_dir, variant, "saved_model")
+            # LiteRT converts the float32 exports only (`export.tflite` is float32 or int8).
+            litert = (os.path.join(zoo_dir, variant, "model.tflite")
+                      if values.zoo_litert and dtype == "float32" else None)
+            jobs.append({"section": "zoo_export", "kwargs": dict(
+                model=values.zoo_model, variant=variant, height=height, width=width,
+                spans=spans, saved_model_dir=saved_model, tflite_path=litert,
+                tiny=bool(values.quick), dtype=dtype)})
+            for signature in signatures:
+                jobs.append({"section": "zoo_serve", "key": "zoo_export", "kwargs": dict(
+                    variant=variant, path=saved_model, height=height, width=width,
+                    repeats=repeats, signature=signature)})
+            if litert:
+                jobs.append({"section": "zoo_serve", "key": "zoo_export", "kwargs": dict(
+                    variant=variant, path=litert, height=height, width=width,
+                    repeats=repeats)})
     return jobs
 
 

@@ -283,7 +283,7 @@ def deeplab_train(model: str, height: int, width: int, batch: int,
 def zoo_export(model: str, variant: str, height: int, width: int,
                spans: Optional[Sequence[Optional[int]]], saved_model_dir: str,
                tflite_path: Optional[str] = None, tiny: bool = False,
-               matmul_size: int = 2048) -> Dict:
+               dtype: str = "float32", matmul_size: int = 2048) -> Dict:
     """Exports a registry zoo model (random weights) the way a preset is exported.
 
     The model is written as a preset folder (`presets.save_to_preset`) and exported with
@@ -292,8 +292,9 @@ def zoo_export(model: str, variant: str, height: int, width: int,
     LiteRT float32 at `height` x `width` (`export.tflite.write_tflite`).
 
     Args:
-        variant: str. The name the results carry (`global`, `local`).
+        variant: str. The name the results carry (`global`, `local`, `global_bf16`, ...).
         spans: attention spans per stage, or None for the model's own (global).
+        dtype: str. The export's dtype policy (`export.saved_model --dtype`).
         tiny: bool. The quick run's stand-in: the same registry variant (so its recorded
             post-processing applies) at `TINY_ZOO` widths.
     """
@@ -310,7 +311,7 @@ def zoo_export(model: str, variant: str, height: int, width: int,
 
         def run():
             start = time.perf_counter()
-            export_preset(preset, saved_model_dir)
+            export_preset(preset, saved_model_dir, dtype=dtype)
             times["export_s"] = time.perf_counter() - start
             if tflite_path:
                 start = time.perf_counter()
@@ -321,7 +322,7 @@ def zoo_export(model: str, variant: str, height: int, width: int,
         _, peaks = _peak_around(run, matmul_size)
     result = {"stage": "export", "model": model, "variant": variant, "tiny": tiny,
               "height": height, "width": width, "spans": None if spans is None else list(spans),
-              "trainable_params": params, "madds_per_image": madds, **times,
+              "dtype": dtype, "trainable_params": params, "madds_per_image": madds, **times,
               "saved_model_bytes": measure.path_bytes(saved_model_dir), **peaks,
               "peak_rss_gib": measure.peak_rss_bytes() / GIB}
     if tflite_path:
@@ -330,23 +331,35 @@ def zoo_export(model: str, variant: str, height: int, width: int,
 
 
 def zoo_serve(variant: str, path: str, height: int, width: int, repeats: int = 3,
-              warmup: int = 1, matmul_size: int = 2048) -> Dict:
+              warmup: int = 1, signature: str = "serving_uint8",
+              matmul_size: int = 2048) -> Dict:
     """Seconds per image and peak memory of an exported model served in this process.
 
-    `path` is a SavedModel directory (its `serving_uint8` signature: model and
-    post-processing, uint8 pixels in) or a `.tflite` file (LiteRT, every core as threads),
+    `path` is a SavedModel directory or a `.tflite` file (LiteRT, every core as threads),
     loaded with `export.runtime.load_exported`; one random `[1, height, width, 3]` image.
+    A SavedModel runs `signature`: `serving_uint8` (uint8 pixels in; its grouping unrolled,
+    no WHILE loop) or `serving_default` (the image as one PNG file, decoded in the graph;
+    the looped grouping), model and post-processing either way.
     """
+    if signature not in ("serving_uint8", "serving_default"):
+        raise ValueError(f"Unknown signature {signature!r}.")
     start = time.perf_counter()
     runner = load_exported(path)
     load_s = time.perf_counter() - start
     loaded_gib = measure.peak_rss_bytes() / GIB
     image = np.random.RandomState(0).randint(0, 256, (1, height, width, 3)).astype(np.uint8)
-    timing, peaks = _peak_around(lambda: measure.time_calls(lambda: runner(image), repeats,
-                                                             warmup), matmul_size)
+    if path.endswith(".tflite"):
+        signature = "serving_default"
+        call = lambda: runner(image)  # noqa: E731
+    elif signature == "serving_default":
+        png = [tf.io.encode_png(image[0]).numpy()]
+        call = lambda: runner.encoded(png)  # noqa: E731
+    else:
+        call = lambda: runner(image)  # noqa: E731
+    timing, peaks = _peak_around(lambda: measure.time_calls(call, repeats, warmup),
+                                 matmul_size)
     return {"stage": "litert" if path.endswith(".tflite") else "serve", "variant": variant,
-            "height": height, "width": width,
-            "signature": "serving_default" if path.endswith(".tflite") else "serving_uint8",
+            "height": height, "width": width, "signature": signature,
             "load_s": load_s, "seconds_per_image": timing["median_s"], **peaks, **timing,
             "loaded_rss_gib": loaded_gib, "peak_rss_gib": measure.peak_rss_bytes() / GIB}
 

@@ -106,12 +106,13 @@ def test_deeplab_train_and_the_zoo_export_run_their_quick_stand_ins(quick_run):
     assert (train["model"], train["height"], train["width"], train["batch"]) == (
         "axial_deeplab_tiny", 65, 65, 1)
     assert train["spans"] == [None, 5, 5, 5, 5] and train["loss"] == "PanopticDeepLabLoss"
-    export, served, litert = results["zoo_export"]
-    assert [r["stage"] for r in (export, served, litert)] == ["export", "serve", "litert"]
-    assert {r["variant"] for r in (export, served, litert)} == {"local"}
+    export, served, png, litert = results["zoo_export"]
+    assert [r["stage"] for r in (export, served, png, litert)] == [
+        "export", "serve", "serve", "litert"]
+    assert {r["variant"] for r in (export, served, png, litert)} == {"local"}
     assert (export["model"], export["tiny"], export["height"], export["width"]) == (
         "axial_swidernet_1_1_1_os16", True, 65, 129)
-    assert export["spans"] == [None, 5, 5, 5, 5]
+    assert export["spans"] == [None, 5, 5, 5, 5] and export["dtype"] == "float32"
     tiny = get_model("axial_swidernet_1_1_1_os16", **{**sections.TINY_ZOO, "backbone": {
         **sections.TINY_ZOO["backbone"], "spans": (None, 5, 5, 5, 5)}})
     assert export["trainable_params"] == sum(int(np.prod(v.shape)) for v in tiny.trainable_weights)
@@ -119,15 +120,19 @@ def test_deeplab_train_and_the_zoo_export_run_their_quick_stand_ins(quick_run):
     assert export["saved_model_bytes"] > export["trainable_params"] * 4
     assert export["litert_bytes"] > export["trainable_params"] * 4
     assert export["export_s"] > 0 and export["litert_convert_s"] > 0
-    assert served["signature"] == "serving_uint8" and litert["signature"] == "serving_default"
-    for r in (served, litert):
+    assert [r["signature"] for r in (served, png, litert)] == [
+        "serving_uint8", "serving_default", "serving_default"]
+    for r in (served, png, litert):
         assert r["seconds_per_image"] == r["median_s"] and len(r["seconds"]) == 2
         assert r["peak_rss_gib"] >= r["loaded_rss_gib"] > 0.1
     names = [row["figure"] for row in results["figures"]]
-    prefix = "zoo axial_swidernet_1_1_1_os16 (tiny stand-in) 65x129, spans none,5,5,5,5: "
+    prefix = ("zoo axial_swidernet_1_1_1_os16 (tiny stand-in) 65x129, spans none,5,5,5,5, "
+              "float32: ")
     for name in ("SavedModel export s", "LiteRT float32 conversion s",
                  "SavedModel serving_uint8 s/image (post-processing included)",
-                 "SavedModel serving_uint8 peak memory", "LiteRT float32 s/image "
+                 "SavedModel serving_uint8 peak memory",
+                 "SavedModel serving_default (PNG) s/image (post-processing included)",
+                 "SavedModel serving_default (PNG) peak memory", "LiteRT float32 s/image "
                  "(post-processing included)", "LiteRT float32 peak memory"):
         assert prefix + name in names, name
 
@@ -175,26 +180,38 @@ def test_plan_of_the_full_run_matches_the_issue_configuration():
     lengths = [j["kwargs"] for j in jobs if j["section"] == "attention"][0]["lengths"]
     assert lengths[0] == 128 and lengths[-1] == 2048
     zoo = [(j["section"], j.get("key"), j["kwargs"]) for j in jobs if j["section"].startswith("zoo")]
-    assert [(section, key, kwargs["variant"]) for section, key, kwargs in zoo] == [
-        ("zoo_export", None, "global"), ("zoo_serve", "zoo_export", "global"),
-        ("zoo_serve", "zoo_export", "global"), ("zoo_export", None, "local"),
-        ("zoo_serve", "zoo_export", "local"), ("zoo_serve", "zoo_export", "local")]
     exports = [kwargs for section, _, kwargs in zoo if section == "zoo_export"]
-    assert [(e["model"], e["height"], e["width"], e["spans"], e["tiny"]) for e in exports] == [
-        ("axial_swidernet_1_1_1_os16", 1025, 2049, None, False),
-        ("axial_swidernet_1_1_1_os16", 1025, 2049, [None, 65, 65, 65, 65], False)]
+    assert [(e["variant"], e["dtype"], e["spans"]) for e in exports] == [
+        ("global", "float32", None), ("local", "float32", [None, 65, 65, 65, 65]),
+        ("global_bf16", "mixed_bfloat16", None),
+        ("local_bf16", "mixed_bfloat16", [None, 65, 65, 65, 65])]
+    assert {(e["model"], e["height"], e["width"], e["tiny"]) for e in exports} == {
+        ("axial_swidernet_1_1_1_os16", 1025, 2049, False)}
     assert [(e["saved_model_dir"], e["tflite_path"]) for e in exports] == [
         ("/zoo/global/saved_model", "/zoo/global/model.tflite"),
-        ("/zoo/local/saved_model", "/zoo/local/model.tflite")]
-    assert [kwargs["path"] for section, _, kwargs in zoo if section == "zoo_serve"] == [
-        "/zoo/global/saved_model", "/zoo/global/model.tflite",
-        "/zoo/local/saved_model", "/zoo/local/model.tflite"]
+        ("/zoo/local/saved_model", "/zoo/local/model.tflite"),
+        ("/zoo/global_bf16/saved_model", None), ("/zoo/local_bf16/saved_model", None)]
+    # Each export, then its served signatures and its LiteRT model, each a process.
+    served = [(k["variant"], k["path"].split("/")[-1], k.get("signature"))
+              for section, key, k in zoo if section == "zoo_serve" and key == "zoo_export"]
+    assert served == [
+        ("global", "saved_model", "serving_uint8"), ("global", "saved_model", "serving_default"),
+        ("global", "model.tflite", None),
+        ("local", "saved_model", "serving_uint8"), ("local", "saved_model", "serving_default"),
+        ("local", "model.tflite", None),
+        ("global_bf16", "saved_model", "serving_uint8"),
+        ("global_bf16", "saved_model", "serving_default"),
+        ("local_bf16", "saved_model", "serving_uint8"),
+        ("local_bf16", "saved_model", "serving_default")]
+    assert [section for section, _, _ in zoo][:4] == [
+        "zoo_export", "zoo_serve", "zoo_serve", "zoo_serve"]
     assert all(not kwargs.get("matmul_size") for _, _, kwargs in zoo)
 
 
 def test_plan_of_the_zoo_flags():
     jobs = run.plan(_values("--sections=zoo_export", "--zoo_size=129x257", "--zoo_local_spans=",
-                            "--nozoo_litert"), "/zoo")
+                            "--nozoo_litert", "--zoo_dtypes=float32",
+                            "--zoo_signatures=serving_uint8"), "/zoo")
     assert [(j["section"], j["kwargs"]["variant"], j["kwargs"]["height"], j["kwargs"]["width"])
             for j in jobs] == [("zoo_export", "global", 129, 257), ("zoo_serve", "global", 129, 257)]
     assert jobs[0]["kwargs"]["tflite_path"] is None
@@ -202,6 +219,12 @@ def test_plan_of_the_zoo_flags():
         run.plan(_values("--sections=zoo_export", "--zoo_size=129"), "/zoo")
     with pytest.raises(ValueError, match="positive ints or `none`, got 'all'"):
         run.plan(_values("--sections=zoo_export", "--zoo_local_spans=all"), "/zoo")
+    with pytest.raises(ValueError, match="--zoo_dtypes takes float32, mixed_bfloat16; got "
+                                         "bfloat16"):
+        run.plan(_values("--sections=zoo_export", "--zoo_dtypes=bfloat16"), "/zoo")
+    with pytest.raises(ValueError, match="--zoo_signatures takes serving_uint8, "
+                                         "serving_default; got serving_png"):
+        run.plan(_values("--sections=zoo_export", "--zoo_signatures=serving_png"), "/zoo")
     with pytest.raises(ValueError, match=r"Unknown sections \['zoo'\]"):
         run.plan(_values("--sections=zoo"), "/zoo")
     with pytest.raises(ValueError, match="--train_variants takes graph, xla, keras; got jit"):
@@ -269,8 +292,8 @@ def _results(baseline, gflops, train_gflops=None):
     zoo = [_process(gflops, stage="export", variant="global", model="axial_swidernet_1_1_1_os16",
                     tiny=False, height=1025, width=2049, spans=None, trainable_params=137844454,
                     madds_per_image=2.0e12, export_s=300.0, saved_model_bytes=6e8),
-           _process(gflops, stage="serve", variant="global", seconds_per_image=8.0,
-                    peak_rss_gib=3.0, loaded_rss_gib=1.5)]
+           _process(gflops, stage="serve", variant="global", signature="serving_uint8",
+                    seconds_per_image=8.0, peak_rss_gib=3.0, loaded_rss_gib=1.5)]
     return {"command": "python -m benchmarks.run", "created": "2026-12-02T00:00:00",
             "machine": {"cpu": "Test CPU", "cores": 2, "avx512f": True},
             "versions": {"tensorflow": "2.21.0"}, "baseline": baseline, "forward": forward,

@@ -402,3 +402,35 @@ def test_export_metadata_and_the_model_dir_it_rebuilds_from(exported, tmp_path):
     with pytest.raises(FileNotFoundError, match="model.json"):
         saved_model.export_saved_model(str(tmp_path), str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
+
+def test_a_bfloat16_export_computes_in_bfloat16_and_serves_float32_outputs(exported, images,
+                                                                         reference, tmp_path):
+    model_dir = exported[1]
+    directory = str(tmp_path / "bf16")
+    metadata = saved_model.export_saved_model(model_dir, directory, dtype="mixed_bfloat16")
+    assert metadata.model_config["config"]["dtype"]["config"]["name"] == "mixed_bfloat16"
+    assert metadata.model_config["config"]["backbone"]["config"]["dtype"]["config"][
+        "name"] == "mixed_bfloat16"
+    runner = load_exported(directory)
+    assert runner.metadata.model_config == metadata.model_config
+    # The network's convolutions run in bfloat16; the variables stay float32.
+    graph = runner.model.signatures["serving_uint8"].graph.as_graph_def()
+    conv_types = {node.attr["T"].type for function in graph.library.function
+                  for node in function.node_def if node.op == "Conv2D"}
+    assert conv_types == {tf.bfloat16.as_datatype_enum}
+    stored = tf.train.load_checkpoint(os.path.join(directory, "variables", "variables"))
+    assert {dtype for name, dtype in stored.get_variable_to_dtype_map().items()
+            if "VARIABLE_VALUE" in name and "save_counter" not in name} == {tf.float32}
+    outputs = runner(images)
+    for key in ("panoptic", "semantic", "instance", "instance_scores", "semantic_probability"):
+        assert outputs[key].dtype == reference[key].dtype, key
+        assert outputs[key].shape == reference[key].shape, key
+    # bfloat16 rounding (8 significant bits) moves the probabilities a little and flips
+    # only near-tied pixels of the class map.
+    difference = np.abs(outputs["semantic_probability"] - reference["semantic_probability"])
+    assert _agreement(outputs["semantic"], reference["semantic"]) >= 0.97
+    assert difference.mean() < 1e-3
+    with pytest.raises(ValueError, match="Unknown export dtype 'float16'; expected one of "
+                                         "float32, mixed_bfloat16"):
+        saved_model.export_saved_model(model_dir, str(tmp_path / "f16"), dtype="float16")
+    assert not os.path.exists(tmp_path / "f16")
