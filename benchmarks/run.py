@@ -233,8 +233,6 @@ def plan(values, zoo_dir: str) -> List[Dict]:
     return jobs
 
 
-# The SavedModel signatures zoo_serve runs.
-SIGNATURES = ("serving_uint8", "serving_default")
 # Short names of the zoo variants' export dtypes.
 DTYPE_SUFFIX = {"mixed_bfloat16": "bf16"}
 
@@ -243,6 +241,7 @@ def _zoo_jobs(values, zoo_dir: str) -> List[Dict]:
     """zoo_export's jobs: per variant an export (and LiteRT conversion), then serving the
     SavedModel and the LiteRT model, each in its own process. A quick run exports the
     tiny stand-in with local spans only."""
+    from benchmarks.sections import SIGNATURES
     from export.saved_model import EXPORT_DTYPES, parse_spans
 
     height, width = (65, 129) if values.quick else _size(values.zoo_size)
@@ -251,9 +250,9 @@ def _zoo_jobs(values, zoo_dir: str) -> List[Dict]:
         [("global", None)] + ([("local", list(local))] if local else []))
     repeats = 2 if values.quick else values.zoo_repeats
     jobs = []
-    # A quick run exports float32 only (tests/test_export_formats.py covers bfloat16).
     dtypes = _choices(values.zoo_dtypes, "zoo_dtypes", EXPORT_DTYPES)
     signatures = _choices(values.zoo_signatures, "zoo_signatures", SIGNATURES)
+    # A quick run exports float32 only (tests/test_export_formats.py covers bfloat16).
     for dtype in ["float32"] if values.quick else dtypes:
         for name, spans in attention:
             variant = name if dtype == "float32" else f"{name}_{DTYPE_SUFFIX.get(dtype, dtype)}"

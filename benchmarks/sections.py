@@ -27,6 +27,8 @@ GIB = 1024.0 ** 3
 # How a forward or train step runs: `tf.function`, with XLA, or through Keras' own
 # `predict_on_batch` / `compile` + `train_on_batch`.
 VARIANTS = ("graph", "xla", "keras")
+# The SavedModel signatures zoo_serve runs.
+SIGNATURES = ("serving_uint8", "serving_default")
 # The quick run's stand-in for a zoo model: 1/8 of the widths, one block per stage, narrow
 # Panoptic-DeepLab heads (about 0.8 M parameters instead of 138 M).
 TINY_ZOO = {
@@ -341,25 +343,26 @@ def zoo_serve(variant: str, path: str, height: int, width: int, repeats: int = 3
     no WHILE loop) or `serving_default` (the image as one PNG file, decoded in the graph;
     the looped grouping), model and post-processing either way.
     """
-    if signature not in ("serving_uint8", "serving_default"):
-        raise ValueError(f"Unknown signature {signature!r}.")
+    if signature not in SIGNATURES:
+        raise ValueError(f"Unknown signature {signature!r}; expected one of "
+                         f"{', '.join(SIGNATURES)}.")
     start = time.perf_counter()
     runner = load_exported(path)
     load_s = time.perf_counter() - start
     loaded_gib = measure.peak_rss_bytes() / GIB
     image = np.random.RandomState(0).randint(0, 256, (1, height, width, 3)).astype(np.uint8)
-    if path.endswith(".tflite"):
-        signature = "serving_default"
-        call = lambda: runner(image)  # noqa: E731
-    elif signature == "serving_default":
+    litert = path.endswith(".tflite")
+    if signature == "serving_default" and not litert:
         png = [tf.io.encode_png(image[0]).numpy()]
         call = lambda: runner.encoded(png)  # noqa: E731
     else:
         call = lambda: runner(image)  # noqa: E731
     timing, peaks = _peak_around(lambda: measure.time_calls(call, repeats, warmup),
                                  matmul_size)
-    return {"stage": "litert" if path.endswith(".tflite") else "serve", "variant": variant,
-            "height": height, "width": width, "signature": signature,
+    # A .tflite file has one signature, serving_default, taking uint8 pixels.
+    return {"stage": "litert" if litert else "serve", "variant": variant,
+            "height": height, "width": width,
+            "signature": "serving_default" if litert else signature,
             "load_s": load_s, "seconds_per_image": timing["median_s"], **peaks, **timing,
             "loaded_rss_gib": loaded_gib, "peak_rss_gib": measure.peak_rss_bytes() / GIB}
 

@@ -403,6 +403,7 @@ def test_export_metadata_and_the_model_dir_it_rebuilds_from(exported, tmp_path):
         saved_model.export_saved_model(str(tmp_path), str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
 
+
 def test_a_bfloat16_export_computes_in_bfloat16_and_serves_float32_outputs(exported, images,
                                                                          reference, tmp_path):
     model_dir = exported[1]
