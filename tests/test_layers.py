@@ -170,8 +170,9 @@ def test_attention_computes_in_its_own_dtype_policy(policy, cls, kwargs):
                                                        (3, 2, 1), (1, 2, 1)])
 def test_conv_norm_act_equals_conv_then_batch_norm(monkeypatch, matmul_min_channels, kernel,
                                                    strides, dilation):
-    # Both forms of the convolution (matrix products of shifted views, the native op) and
-    # the inference batch norm folded into the kernel give conv -> batch norm's numbers.
+    # The inference batch norm folded into the kernel (native convolution), and with batch
+    # statistics both forms of the convolution (matrix products of shifted views when the
+    # threshold is 1, the native op otherwise) give conv -> batch norm's numbers.
     from axial_keras.layers import blocks
     monkeypatch.setattr(blocks, "MATMUL_MIN_CHANNELS", matmul_min_channels)
     rng = np.random.RandomState(kernel + 10 * dilation + 100 * strides)

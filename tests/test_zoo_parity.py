@@ -56,19 +56,6 @@ def test_converted_checkpoint_reproduces_deeplab2(fixture):
     assert max(encoder) <= 1e-5
 
 
-def test_matrix_product_convolutions_reproduce_deeplab2(monkeypatch):
-    # At the fixtures' reduced widths no convolution reaches MATMUL_MIN_CHANNELS; with the
-    # threshold at 1 every stride-1 convolution of the model runs as matrix products.
-    from axial_keras.layers import blocks
-    monkeypatch.setattr(blocks, "MATMUL_MIN_CHANNELS", 1)
-    fixture = "axial_swidernet_1_1_1_w0.125"
-    expected_name, name = NUMERIC[fixture]
-    model = from_deeplab2(os.path.join(numeric_path(fixture), "checkpoint"), name)
-    errors = relative_errors(model, numeric_path(fixture))
-    assert len(errors) == 11 + 2 + 3 + 4
-    assert {k: e for k, e in errors.items() if e > TOLERANCE} == {}
-
-
 def test_gelu_is_decided_by_the_name():
     checkpoint = os.path.join(numeric_path("maxs_gelu_w0.25"), "checkpoint")
     with pytest.raises(ValueError, match="activation cannot be read from the checkpoint"):
