@@ -8,8 +8,9 @@ yardstick, before and after):
 - forward: inference images/s of `--model` at `--size` and `--batch` for each of
   `--output_strides`, `--forward_dtypes` and `--forward_variants` (`graph`:
   `tf.function`; `xla`: with `jit_compile=True`; `keras`: `model.predict_on_batch`, the
-  default user path, its resolved `jit_compile` recorded), achieved GFLOP/s (2 x the
-  M-Add count x images/s) and that as a fraction of the yardstick, peak memory;
+  default user path, its resolved `predict_jit_compile` recorded: XLA for float32 on a
+  CPU), achieved GFLOP/s (2 x the M-Add count x images/s) and that as a fraction of the
+  yardstick, peak memory;
 - train: training-step images/s (SGD with momentum, cross-entropy) at
   `--train_output_stride` for each of `--train_variants` (`graph` and `xla`: the
   harness's own step; `keras`: `model.compile` with Keras' default `jit_compile="auto"`

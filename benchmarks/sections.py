@@ -69,7 +69,7 @@ def _classifier(model: str, output_stride: Optional[int]):
 def _timed_forward(net, images, variant: str):
     """(call, resolved jit_compile) of one inference variant (`VARIANTS`)."""
     if variant == "keras":
-        return (lambda: net.predict_on_batch(images)), bool(net.jit_compile)
+        return (lambda: net.predict_on_batch(images)), net.resolved_predict_jit_compile()
     jit_compile = variant == "xla"
     step = tf.function(lambda x: net(x, training=False), jit_compile=jit_compile)
     return (lambda: step(images)), jit_compile
@@ -83,7 +83,7 @@ def forward(model: str, size: int, batch: int, output_stride: Optional[int] = No
     Args:
         variant: str. One of `VARIANTS`: `graph` is `tf.function`, `xla` the same with
             `jit_compile=True`, `keras` the user path `model.predict_on_batch` (the
-            model's own `jit_compile`, recorded as resolved).
+            model's own `predict_jit_compile`, recorded as resolved).
         warmup: int or None. Untimed calls; None: 2, or 5 with XLA (its first few calls
             on CPU are up to 2x slower than the steady state, measured here).
     """

@@ -5,10 +5,11 @@ from typing import Sequence
 import keras
 
 from axial_keras.layers.madds import layer_madds
+from axial_keras.models.predict_jit import PredictJitCompile
 
 
 @keras.saving.register_keras_serializable(package="axial_keras")
-class AxialResNetClassifier(keras.Model):
+class AxialResNetClassifier(PredictJitCompile, keras.Model):
     """Global average pooling of the backbone's last endpoint and a dense layer of logits.
 
     The classification model of Axial-ResNet (Wang et al., Axial-DeepLab, ECCV 2020):
@@ -29,6 +30,12 @@ class AxialResNetClassifier(keras.Model):
     >>> AxialResNetClassifier(backbone, num_classes=10)(keras.ops.zeros((2, 32, 32, 3))).shape
     (2, 10)
     """
+
+    @property
+    def xla_predict_faster(self) -> bool:
+        """The backbone's (`AxialResNetBackbone.xla_predict_faster`): the dense head adds
+        next to nothing."""
+        return bool(getattr(self.backbone, "xla_predict_faster", False))
 
     def __init__(self, backbone: keras.Model, num_classes: int, feature_key: str = "res5",
                  kernel_regularizer=None, **kwargs):
